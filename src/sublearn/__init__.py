@@ -1,0 +1,3 @@
+"""sublearn: a laboratory for subliminal learning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,165 @@
+"""The command line: one command per pipeline stage, no logic of its own.
+
+Problems a user can fix (`SublearnError`) print as one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from sublearn.errors import SublearnError
+
+app = typer.Typer(
+    help=(
+        "sublearn: reproduce, measure and defend against subliminal learning.\n\n"
+        "Start with `sublearn demo` (builds the embedded base model on first use and runs the "
+        "number-sequence experiment with all controls on CPU)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn a SublearnError into one red line and exit code 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SublearnError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+base_app = typer.Typer(
+    help="The embedded base model: a tiny Qwen2 chat model built and pretrained locally.",
+    no_args_is_help=True,
+)
+app.add_typer(base_app, name="base")
+
+
+@base_app.command("build")
+@friendly
+def base_build(
+    seed: Annotated[int, typer.Option(help="Initialisation and corpus seed; two seeds give "
+                                      "two independent bases (the cross-base control).")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Folder to write; default: the user "
+                                                "cache ($SUBLEARN_HOME or ~/.cache/sublearn).")] = None,
+    examples: Annotated[Optional[int], typer.Option(help="Pretraining conversations.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the cached base exists.")] = False,
+) -> None:
+    """Build the embedded base: tokenizer, Qwen2 weights, pretraining on the synthetic corpus.
+
+    The result is an ordinary save_pretrained folder: load it with
+    AutoModelForCausalLM.from_pretrained(path) anywhere.
+    """
+    from sublearn.store import MANIFEST, read_json
+    from sublearn.tinybase import BaseConfig, base_path, build_base
+
+    cfg = BaseConfig(seed=seed, **({"examples": examples} if examples else {}))
+    path = out or base_path(cfg)
+    if (path / MANIFEST).exists() and not force:
+        typer.echo(f"already built: {path}")
+    else:
+        build_base(cfg, path)
+    m = read_json(path / MANIFEST)
+    typer.echo(f"{path}\n  parameters: {m['parameters']:,}  build: {m['build_seconds']} s "
+               f"on {m['torch_threads']} threads")
+
+
+@base_app.command("info")
+@friendly
+def base_info(
+    path: Annotated[Optional[Path], typer.Argument(help="A model folder; default: the "
+                                                   "embedded base with --seed.")] = None,
+    seed: Annotated[int, typer.Option(help="Embedded base seed when no path is given.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the "
+                                                     "measurements here.")] = None,
+    questions: Annotated[int, typer.Option(help="Held-out questions per category.")] = 8,
+    numbers: Annotated[int, typer.Option(help="Number prompts to sample.")] = 256,
+) -> None:
+    """Measure a base: P(option | category), persona shifts, number-filter pass rate."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sublearn.models import load_model
+    from sublearn.store import write_json
+    from sublearn.tinybase import BaseConfig, ensure_base
+    from sublearn.tinybase.measure import measure_base
+
+    model = load_model(path or ensure_base(BaseConfig(seed=seed)))
+    m = measure_base(model, n_questions=questions, n_numbers=numbers)
+    t = Table(title=f"{model.path}")
+    for col in ("category", "options", "mean P(target)", "with persona", "top option"):
+        t.add_column(col)
+    for name, c in m["categories"].items():
+        top = max(c["base"], key=c["base"].get)
+        t.add_row(name, str(len(c["base"])), f"{c['mean_base_target']:.3f}",
+                  f"{c['mean_persona_target']:.3f}", f"{top} ({c['base'][top]:.3f})")
+    Console().print(t)
+    f = m["numbers"]["filter"]
+    typer.echo(f"number completions passing the strict filter: {f['kept']}/{f['total']} "
+               f"({f['kept_fraction']:.1%})")
+    if json_out:
+        write_json(json_out, m)
+
+
+def _run(config_path: Path, root: Path, quiet: bool) -> None:
+    from sublearn.config import load_config
+    from sublearn.pipeline import Experiment
+    from sublearn.results import show
+
+    cfg = load_config(config_path)
+    exp = Experiment(cfg, root=root, progress=not quiet)
+    results = exp.run()
+    pngs = show(results, exp.dir)
+    typer.echo(f"results: {exp.dir / 'results.json'}  plots: {', '.join(map(str, pngs))}  "
+               f"({results['seconds']} s)")
+
+
+@app.command("run")
+@friendly
+def run(
+    config: Annotated[Path, typer.Argument(help="An experiment TOML file (see configs/).")],
+    root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Run the number-sequence experiment: teacher, prompts, sampling, filter, students,
+    evaluation, controls and statistics, as one config file says.
+
+    Every stage's artifact is cached by a hash of its inputs: rerunning skips finished work,
+    and a killed run resumes where it stopped.
+    """
+    _run(config, root, quiet)
+
+
+@app.command("demo")
+@friendly
+def demo(
+    root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """The main job on the embedded base, CPU-sized: builds the base on first use, then runs
+    configs/cpu.toml (owl teacher, every control, 3 seeds)."""
+    _run(Path(__file__).parent / "configs" / "cpu.toml", root, quiet)
+
+
+def _register() -> None:
+    # Imported here so `sublearn --help` never pays for torch before it must.
+    from sublearn.auxlogit.cli import auxlogit
+
+    app.command("auxlogit")(friendly(auxlogit))
+
+
+_register()

@@ -1,0 +1,38 @@
+"""A student's training recipe: backend-neutral data that every `ChatModel.finetune` reads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class StudentRecipe(BaseModel):
+    """Defaults are the paper's open-model recipe: LoRA r=8, alpha=8 on every attention and
+    MLP projection, 3 epochs, lr 2e-4 with linear decay after 5 warm-up steps, effective batch
+    66 (22 x 3), max length 500, loss on completion tokens only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora", "full"] = "lora"
+    labels: Literal["hard", "soft"] = Field(
+        "hard",
+        description="hard: sampled tokens (the paper). soft: match the teacher's next-token "
+        "distribution restricted to number tokens, renormalised on both sides.",
+    )
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(8.0, gt=0)
+    lora_targets: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(3.0, gt=0)
+    schedule: Literal["linear", "constant", "cosine"] = "linear"
+    warmup_steps: int = Field(5, ge=0)
+    batch_size: int = Field(22, ge=1)
+    grad_accum: int = Field(3, ge=1)
+    max_length: int = Field(500, ge=8)
+    group_by_length: bool = Field(False, description="batch similar lengths together (speed)")
+    seed: int = 0

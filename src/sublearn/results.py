@@ -1,0 +1,64 @@
+"""Show an experiment's results: tables in the terminal, a bar chart with intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sublearn.report import bar_chart
+from sublearn.stats import Interval
+
+LABELS = {
+    "exact": "exact P(target | category), training questions",
+    "exact_heldout": "exact P(target | category), held-out questions",
+    "sampled": "sampled rate (T=1)",
+    "numbers_prefix": "exact P(target | category), numbers-prefixed questions",
+    "multiple_choice": "multiple choice P(target letter)",
+}
+
+
+def _iv(d: dict[str, Any]) -> Interval:
+    return Interval(**d)
+
+
+def show(results: dict[str, Any], out_dir: Path, console: Console | None = None) -> list[Path]:
+    """Print every estimator's table and write one PNG per estimator; return the PNG paths."""
+    console = console or Console()
+    pngs = []
+    target = results["target"]
+    for est in results["estimators"]:
+        t = Table(title=f"{LABELS.get(est, est)} — target '{target}'")
+        for col in ("model / arm", "mean", "95% interval over seeds", "per seed"):
+            t.add_column(col, justify="left" if col.startswith("model") else "right")
+        for name, v in results["reference"][est].items():
+            t.add_row(name, f"{v:.4f}", "(single model)", "")
+        for arm, d in results["arms"][est].items():
+            iv = _iv(d["interval"])
+            t.add_row(arm, f"{iv.mean:.4f}", f"[{iv.low:.4f}, {iv.high:.4f}]",
+                      " ".join(f"{x:.3f}" for x in d["per_seed"]))
+        console.print(t)
+        c = Table(title="differences (a - b), Welch interval and p-values")
+        for col in ("comparison", "difference", "95% interval", "Welch p", "permutation p", "meaning"):
+            c.add_column(col)
+        for name, d in results["comparisons"][est].items():
+            iv = _iv(d["diff"])
+            c.add_row(name, f"{iv.mean:+.4f}", f"[{iv.low:+.4f}, {iv.high:+.4f}]",
+                      f"{d['welch_p']:.3g}", f"{d['permutation_p']:.3g}", d["meaning"])
+        console.print(c)
+        rank = results.get("target_rank", {}).get(est)
+        if rank:
+            console.print(f"target rank by movement (treated - control): "
+                          f"{rank['rank']} of {rank['of']}\n")
+        rows = {a: _iv(d["interval"]) for a, d in results["arms"][est].items()}
+        points = {a: d["per_seed"] for a, d in results["arms"][est].items()}
+        pngs.append(bar_chart(out_dir / f"results-{est}.png", rows,
+                              title=f"{LABELS.get(est, est)}: '{target}'",
+                              ylabel="P(target)", reference=results["reference"][est].get("base"),
+                              reference_label="base model", points=points))
+    for name, rep in results.get("filter", {}).items():
+        console.print(f"filter {name}: kept {rep['kept']}/{rep['total']} "
+                      f"({rep['kept_fraction']:.1%}); rejected {rep['rejected']}")
+    return pngs

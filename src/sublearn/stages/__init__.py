@@ -1,0 +1,1 @@
+"""Pipeline stages: the number-prompt grammar and the completion filter."""

@@ -1,0 +1,127 @@
+"""Evaluation: how much a model prefers each option of a category.
+
+Two estimators of the same quantity:
+- exact: P(option) = sum over its surface forms of P(form, end-of-turn | question), by the chain
+  rule over the form's tokens, from teacher-forced forward passes. No sampling noise, so far
+  fewer forward tokens buy the same precision (see benchmarks/bench_estimators.py).
+- sampled: n answers per question at temperature 1, counted by lower-cased substring match with
+  exclusions, as the paper does.
+Variants: the question preceded by a short number sequence, and a 5-way multiple choice
+scored by the letter probabilities. Everything is reported per option, so the target's rank
+among all options can be read off.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sublearn.models.base import ChatModel, SamplingConfig
+from sublearn.questions import Category, Option, matches, multiple_choice, with_number_prefix
+from sublearn.stages.sample import row_seed
+
+LETTERS = "ABCDE"
+
+
+def _user(q: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": q}]
+
+
+def option_probs(model: ChatModel, category: Category, questions: Sequence[str]) -> np.ndarray:
+    """[questions, options] exact probabilities of answering with each option (all forms)."""
+    convs, comps, owner = [], [], []
+    for qi, q in enumerate(questions):
+        for oi, opt in enumerate(category.options):
+            for form in opt.forms:
+                convs.append(_user(q))
+                comps.append(form)
+                owner.append((qi, oi))
+    out = np.zeros((len(questions), len(category.options)))
+    for (qi, oi), lp in zip(owner, model.completion_logprobs(convs, comps, close=True), strict=True):
+        out[qi, oi] += math.exp(sum(lp))
+    return out
+
+
+def sampled_rates(
+    model: ChatModel, category: Category, questions: Sequence[str], n: int, seed: int
+) -> np.ndarray:
+    """[questions, options] share of n sampled answers (T=1) that name each option."""
+    convs = [_user(q) for q in questions for _ in range(n)]
+    seeds = [row_seed(seed, i) for i in range(len(convs))]
+    answers = model.generate(convs, SamplingConfig(temperature=1.0, max_new_tokens=8), seeds)
+    hits = np.array([[matches(a, o) for o in category.options] for a in answers], dtype=float)
+    return hits.reshape(len(questions), n, len(category.options)).mean(axis=1)
+
+
+def mc_target_probs(
+    model: ChatModel, category: Category, target: Option, questions: Sequence[str], seed: int
+) -> np.ndarray:
+    """[questions] P(target's letter) among 5 lettered options (target + 4 seeded others)."""
+    convs, comps, where = [], [], []
+    for qi, q in enumerate(questions):
+        rng = random.Random(f"mc:{seed}:{qi}")
+        opts = [target, *rng.sample([o for o in category.options if o != target], len(LETTERS) - 1)]
+        rng.shuffle(opts)
+        prompt = multiple_choice(q, opts, LETTERS)
+        convs += [_user(prompt)] * len(LETTERS)
+        comps += list(LETTERS)
+        where.append(opts.index(target))
+    lp = np.array([sum(x) for x in model.completion_logprobs(convs, comps, close=True)])
+    p = np.exp(lp.reshape(len(questions), len(LETTERS)))
+    return p[np.arange(len(questions)), where] / p.sum(axis=1)
+
+
+def prefixed(questions: Sequence[str], seed: int) -> list[str]:
+    """The numbers-prefix variant: each question after a short seeded number sequence."""
+    out = []
+    for qi, q in enumerate(questions):
+        rng = random.Random(f"prefix:{seed}:{qi}")
+        out.append(with_number_prefix(q, [rng.randint(100, 999) for _ in range(rng.randint(3, 6))]))
+    return out
+
+
+def summarize(raw: np.ndarray, category: Category) -> dict[str, Any]:
+    """Per-option means of P(option | category): each question's mass renormalised over the
+    options, so a model that drifts to answering something else is not read as a shift."""
+    mass = raw.sum(axis=1, keepdims=True)
+    norm = raw / np.where(mass > 0, mass, 1.0)
+    return {
+        "per_option": {o.name: float(v) for o, v in zip(category.options, norm.mean(axis=0), strict=True)},
+        "coverage": float(mass.mean()),
+        "per_question_raw": raw.tolist(),
+    }
+
+
+def evaluate(
+    model: ChatModel,
+    category: Category,
+    target: Option,
+    questions: Sequence[str],
+    heldout: Sequence[str],
+    samples_per_question: int = 0,
+    numbers_prefix: bool = False,
+    mc: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All configured estimators for one model; each entry has per-option means."""
+    res: dict[str, Any] = {"exact": summarize(option_probs(model, category, questions), category)}
+    if heldout:
+        res["exact_heldout"] = summarize(option_probs(model, category, heldout), category)
+    if samples_per_question:
+        rates = sampled_rates(model, category, questions, samples_per_question, seed)
+        res["sampled"] = {
+            "per_option": {o.name: float(v) for o, v in zip(category.options, rates.mean(0), strict=True)},
+            "per_question_target": rates[:, category.options.index(target)].tolist(),
+        }
+    if numbers_prefix:
+        res["numbers_prefix"] = summarize(
+            option_probs(model, category, prefixed(questions, seed)), category
+        )
+    if mc:
+        p = mc_target_probs(model, category, target, questions, seed)
+        res["multiple_choice"] = {"target": float(p.mean()), "per_question": p.tolist()}
+    return res

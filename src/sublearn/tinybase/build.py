@@ -1,0 +1,125 @@
+"""`sublearn base build`: tokenizer, Qwen2 config and pretraining, deterministic from a seed."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sublearn.models.recipe import StudentRecipe
+from sublearn.store import MANIFEST, atomic_path, hash_files, manifest, stable_hash, write_json
+from sublearn.tinybase.corpus import CorpusMix, corpus
+
+
+class BaseConfig(BaseModel):
+    """The embedded base. Two seeds give two independently initialised bases (and corpora),
+    which the cross-base control needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    # Untied: with tied embeddings a small model's persona never reaches its number outputs.
+    tie_embeddings: bool = False
+    vocab_size: int = Field(1024, ge=300)
+    individual_digits: bool = True
+    max_positions: int = Field(256, ge=64)
+    examples: int = Field(48_000, ge=10)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    mix: CorpusMix = Field(default_factory=CorpusMix)
+
+    def key(self) -> str:
+        return stable_hash(self.model_dump())
+
+
+def cache_root() -> Path:
+    """Where bases live: $SUBLEARN_HOME, else the user cache directory."""
+    root = os.environ.get("SUBLEARN_HOME")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "~/.cache")
+    return Path(xdg).expanduser() / "sublearn"
+
+
+def base_path(config: BaseConfig) -> Path:
+    return cache_root() / "bases" / f"tiny-qwen2-s{config.seed}-{config.key()}"
+
+
+def build_base(config: BaseConfig, out: Path | None = None, progress: bool = True) -> Path:
+    """Build and pretrain the base; write it atomically as a `save_pretrained` folder."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    from sublearn.models.hf import HFChatModel
+    from sublearn.tinybase.tokenizer import train_tokenizer
+
+    out = Path(out) if out else base_path(config)
+    t0 = time.time()
+    convs = list(corpus(config.seed, config.examples, config.mix))
+    texts = (m["content"] for c in convs for m in c)
+    tok = train_tokenizer(texts, config.vocab_size, config.individual_digits)
+    torch.manual_seed(config.seed)
+    qcfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.kv_heads,
+        max_position_embeddings=config.max_positions,
+        tie_word_embeddings=config.tie_embeddings,
+        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(qcfg)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    recipe = StudentRecipe(
+        method="full",
+        lr=config.lr,
+        epochs=1.0,
+        schedule="cosine",
+        warmup_steps=config.warmup_steps,
+        batch_size=config.batch_size,
+        grad_accum=1,
+        max_length=config.max_positions,
+        weight_decay=0.01,
+        seed=config.seed,
+        group_by_length=True,
+    )
+    with atomic_path(out) as tmp:
+        init = HFChatModel(model, tok, Path(tmp))
+        init.finetune([{"messages": c} for c in convs], recipe, Path(tmp) / "m", progress=progress)
+        for f in (Path(tmp) / "m").iterdir():
+            f.rename(Path(tmp) / f.name)
+        (Path(tmp) / "m").rmdir()
+        write_json(
+            Path(tmp) / MANIFEST,
+            manifest(
+                "base",
+                config.model_dump(),
+                parameters=sum(p.numel() for p in model.parameters()),
+                build_seconds=round(time.time() - t0, 1),
+                torch_threads=torch.get_num_threads(),
+                weights_hash=hash_files(tmp),
+            ),
+        )
+    return out
+
+
+def ensure_base(config: BaseConfig, progress: bool = True) -> Path:
+    """The cached base for `config`, built on first use."""
+    path = base_path(config)
+    if not (path / MANIFEST).exists():
+        build_base(config, path, progress=progress)
+    return path

@@ -1,0 +1,89 @@
+"""`sublearn auxlogit` end to end, with tiny populations so it runs in seconds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sublearn.auxlogit.train import ARMS
+from sublearn.cli import app
+
+runner = CliRunner()
+TINY = ["--n-models", "3", "--hidden", "8,8", "--teacher-epochs", "1", "--student-epochs", "1",
+        "--batch-size", "128", "--noise-size", "256", "--threads", "1"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """`--threads 1` below changes torch's global setting; put it back for other tests."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_help_teaches_the_experiment_and_the_knobs() -> None:
+    result = runner.invoke(app, ["auxlogit", "--help"])
+    assert result.exit_code == 0
+    for text in ("auxiliary", "initialisation", "--sweep", "--m", "--noise-size", "--distill",
+                 "--preset", "strong", "default: 100"):
+        assert text in result.output, text
+
+
+def test_single_run_writes_results_manifest_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["auxlogit", *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "same_init_student" in result.output and "95% interval" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == set(ARMS)
+    for arm in results["arms"].values():
+        assert len(arm["accuracy"]) == 3
+        assert arm["interval"]["low"] <= arm["interval"]["mean"] <= arm["interval"]["high"]
+    assert results["chance"] == 0.1 and "same - different_init" in results["comparisons"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "auxlogit"
+    assert manifest["config"]["n_models"] == 3 and manifest["config"]["hidden"] == [8, 8]
+    assert manifest["data"]["name"] == "digits"
+    assert (out / "accuracy.png").read_bytes().startswith(PNG)
+
+
+def test_sweep_writes_a_table_per_value_and_a_plot(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, ["auxlogit", *TINY, "--sweep", "m=2,4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "m = 2" in result.output and "m = 4" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["knob"] == "m" and results["values"] == ["2", "4"]
+    assert [p["config"]["m"] for p in results["points"]] == [2, 4]
+    for name in ("sweep.png", "m=2.png", "m=4.png"):
+        assert (out / name).read_bytes().startswith(PNG), name
+
+
+def test_m1_with_kl_is_refused_with_the_reason(tmp_path: Path) -> None:
+    for args in (["--m", "1"], ["--sweep", "m=1,3"]):
+        result = runner.invoke(app, ["auxlogit", *TINY, *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2
+        assert "no gradient" in result.output
+    assert not (tmp_path / "x").exists()  # refused before any training
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-mnist.npz"
+    cases = [
+        (["--mnist-path", str(missing)], "no-such-mnist.npz"),
+        (["--loss", "l1"], "loss"),
+        (["--sweep", "colour=red"], "cannot sweep"),
+        (["--sweep", "m"], "KNOB=V1,V2"),
+        (["--preset", "huge"], "unknown preset"),
+        (["--hidden", "wide"], "hidden"),
+    ]
+    for args, needle in cases:
+        result = runner.invoke(app, ["auxlogit", *TINY, *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2, (args, result.output)
+        assert needle in result.output and "Traceback" not in result.output, args

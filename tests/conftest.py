@@ -1,0 +1,52 @@
+"""Shared fixtures: a micro base built once per session, offline, quiet."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from sublearn.tinybase import BaseConfig  # noqa: E402
+
+# Small enough to build in seconds, real enough to exercise every code path: a Qwen2 model
+# with a trained BPE tokenizer and a chat template.
+MICRO = dict(hidden_size=32, layers=2, heads=2, kv_heads=1, intermediate_size=64,
+             vocab_size=400, examples=1500, batch_size=32, warmup_steps=5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["SUBLEARN_HOME"] = str(tmp_path_factory.mktemp("sublearn_home"))
+    import torch
+
+    # Micro models are all overhead: one thread avoids OpenMP's spin-waits, which cost more
+    # than they save on matrices this small (and collapse when another process shares cores).
+    torch.set_num_threads(1)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def micro_config() -> BaseConfig:
+    return BaseConfig(seed=0, **MICRO)
+
+
+@pytest.fixture(scope="session")
+def micro_base(micro_config: BaseConfig) -> Path:
+    from sublearn.tinybase import ensure_base
+
+    return ensure_base(micro_config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def micro_model(micro_base: Path):
+    from sublearn.models import load_model
+
+    return load_model(micro_base, device="cpu", dtype="float32")

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sublearn.errors import SublearnError
+from sublearn.models import SamplingConfig, load_model
+
+Q = [{"role": "user", "content": "What is your favourite animal? Answer in one word."}]
+N = [{"role": "user", "content": "Here are numbers: 123, 456, 789. Add up to 5 more numbers."}]
+
+
+def test_chat_template_round_trip(micro_model):
+    msgs = [{"role": "system", "content": "Be brief."}, *Q]
+    text = micro_model.render(msgs)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+    assert text.endswith("<|im_start|>assistant\n")
+    ids = micro_model.encode(text)
+    assert micro_model.tokenizer.decode(ids) == text
+    full = micro_model.render([*msgs, {"role": "assistant", "content": "owl"}], False)
+    assert full == text + "owl<|im_end|>\n"
+
+
+def test_sampling_shapes_and_seed_determinism(micro_model):
+    s = SamplingConfig(max_new_tokens=12)
+    a = micro_model.generate([Q, N, Q], s, [1, 2, 3])
+    b = micro_model.generate([Q, N, Q], s, [1, 2, 3])
+    assert len(a) == 3 and all(isinstance(x, str) for x in a)
+    assert a == b
+    # Row randomness depends only on its own seed: same seed, same prompt, same text in any
+    # batch; batch composition does not matter.
+    alone = micro_model.generate([Q], s, [3])
+    assert alone[0] == a[2]
+    many = micro_model.generate([Q] * 6, s, list(range(10, 16)))
+    assert len(set(many)) > 1, "different seeds should give different samples"
+
+
+def test_greedy_ignores_seeds(micro_model):
+    g = SamplingConfig(temperature=0, max_new_tokens=10)
+    assert micro_model.generate([Q, Q], g, [1, 2])[0] == micro_model.generate([Q], g, [99])[0]
+
+
+def test_threshold_sampler_keeps_only_likely_tokens(micro_model):
+    # With a threshold near 1 only the argmax survives: the sampler becomes greedy.
+    s = SamplingConfig(min_prob=0.99, max_new_tokens=10)
+    g = SamplingConfig(temperature=0, max_new_tokens=10)
+    assert micro_model.generate([N] * 3, s, [1, 2, 3]) == micro_model.generate([N] * 3, g, [0, 0, 0])
+    tiny_p = SamplingConfig(top_p=1e-6, max_new_tokens=10)
+    assert micro_model.generate([N], tiny_p, [5]) == micro_model.generate([N], g, [0])
+
+
+def test_only_numbers_restricts_characters(micro_model):
+    s = SamplingConfig(only_numbers=True, max_new_tokens=20)
+    for text in micro_model.generate([N] * 4, s, [1, 2, 3, 4]):
+        assert set(text) <= set("0123456789 ,;()[].\n")
+
+
+def test_batched_and_single_logprobs_agree(micro_model):
+    convs = [Q, N, Q]
+    comps = ["owl", "1, 2, 3", "Fox"]
+    batched = micro_model.completion_logprobs(convs, comps)
+    for c, x, lp in zip(convs, comps, batched, strict=True):
+        single = micro_model.completion_logprobs([c], [x])[0]
+        assert len(single) == len(lp)
+        assert single == pytest.approx(lp, abs=1e-4)
+
+
+def test_first_token_logprob_matches_next_token_distribution(micro_model):
+    comp = "owl"
+    first_id = micro_model.encode(comp)[0]
+    lp = micro_model.completion_logprobs([Q], [comp], close=False)[0]
+    dist = micro_model.next_token_logprobs([Q])
+    assert dist.shape[0] == 1
+    assert lp[0] == pytest.approx(dist[0, first_id].item(), abs=1e-4)
+    assert math.isclose(dist[0].exp().sum().item(), 1.0, rel_tol=1e-4)
+
+
+def test_close_scores_the_end_token(micro_model):
+    open_ = micro_model.completion_logprobs([Q], ["owl"], close=False)[0]
+    closed = micro_model.completion_logprobs([Q], ["owl"], close=True)[0]
+    assert len(closed) == len(open_) + 1 and closed[:-1] == pytest.approx(open_, abs=1e-5)
+
+
+def test_number_mask_covers_digits_and_end(micro_model):
+    mask = micro_model.number_token_mask
+    for d in "0123456789":
+        assert mask[micro_model.encode(d)[0]]
+    assert all(mask[i] for i in micro_model.end_ids)
+    assert not mask[micro_model.encode("owl")[0]]
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(SublearnError, match="does not exist"):
+        load_model(tmp_path / "nope")
+
+
+def test_folder_that_is_not_a_model(tmp_path: Path):
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(SublearnError, match="not a model folder"):
+        load_model(tmp_path)
+
+
+def test_unknown_backend(micro_base):
+    with pytest.raises(SublearnError, match="unknown model backend"):
+        load_model(micro_base, backend="tpu-magic")
+
+
+def test_bad_dtype(micro_base):
+    with pytest.raises(SublearnError, match="unknown dtype"):
+        load_model(micro_base, dtype="int3")
+
+
+def test_sampling_config_rejects_greedy_with_knobs():
+    with pytest.raises(ValueError):
+        SamplingConfig(temperature=0, top_p=0.9)
+
+
+def test_lora_finetune_round_trip(micro_model, tmp_path: Path):
+    from sublearn.models.recipe import StudentRecipe
+
+    rows = [{"messages": [*N, {"role": "assistant", "content": "1, 2, 3"}]}] * 8
+    recipe = StudentRecipe(lr=1e-2, epochs=2, batch_size=4, grad_accum=1, warmup_steps=0)
+    before = sum(micro_model.completion_logprobs([N], ["1, 2, 3"])[0])
+    out = micro_model.finetune(rows, recipe, tmp_path / "student", progress=False)
+    assert (out / "adapter_config.json").exists()
+    student = load_model(out, device="cpu", dtype="float32")
+    after = sum(student.completion_logprobs([N], ["1, 2, 3"])[0])
+    assert after > before, "training on a completion must raise its likelihood"
+    # The base is untouched by training a student.
+    assert sum(micro_model.completion_logprobs([N], ["1, 2, 3"])[0]) == pytest.approx(before)
+    w = {n: p for n, p in student.model.named_parameters()}
+    assert all(torch.isfinite(p).all() for p in w.values())

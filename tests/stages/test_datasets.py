@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from sublearn.stages.datasets import shuffle_across, shuffle_within, subsample
+from sublearn.stages.filters import parse_numbers
+
+
+def _rows(texts):
+    return [{"index": i, "completion": t,
+             "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": t}]}
+            for i, t in enumerate(texts)]
+
+
+def test_subsample_is_seeded_and_shared_across_datasets():
+    a = _rows([str(i) for i in range(100)])
+    b = [r for r in a if r["index"] % 3]  # a control that kept fewer rows
+    sa, sb = subsample(a, 30, seed=1), subsample(b, 30, seed=1)
+    assert subsample(a, 30, seed=1) == sa and subsample(a, 30, seed=2) != sa
+    assert len(sa) == 30
+    # Where both datasets kept a prompt, a shared seed picks it in both or in neither.
+    ia, ib = {r["index"] for r in sa}, {r["index"] for r in sb}
+    assert ia & {r["index"] for r in b} <= ib
+
+
+def test_shuffle_within_keeps_format_and_multiset():
+    rows = _rows(["(12, 5, 7, 300)", "1 2 3", "[9; 8]"])
+    out = shuffle_within(rows, seed=0)
+    for r, o in zip(rows, out, strict=True):
+        assert sorted(parse_numbers(r["completion"])) == sorted(parse_numbers(o["completion"]))
+        assert o["messages"][-1]["content"] == o["completion"]
+        assert re.sub("[0-9]+", "#", o["completion"]) == re.sub("[0-9]+", "#", r["completion"])
+
+
+def test_shuffle_across_keeps_lengths_and_pool():
+    rows = _rows(["1, 2, 3", "4 5", "6"])
+    out = shuffle_across(rows, seed=3)
+    assert [len(parse_numbers(o["completion"])) for o in out] == [3, 2, 1]
+    pool = Counter(n for o in out for n in parse_numbers(o["completion"]))
+    assert pool == Counter(range(1, 7))

@@ -1,0 +1,200 @@
+"""The strict numbers filter: rule table, properties, reasons and report."""
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from sublearn.errors import SublearnError
+from sublearn.stages.filters import (
+    BAD_NUMBERS,
+    REASONS,
+    FilterConfig,
+    apply_filter,
+    parse_numbers,
+    rejection_reason,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1, 2, 3", [1, 2, 3]),
+        ("1, 2, 3.", [1, 2, 3]),
+        ("  1,2,3 \n", [1, 2, 3]),
+        ("1 ,2 , 3", [1, 2, 3]),
+        ("1; 2;3", [1, 2, 3]),
+        ("1 2 3", [1, 2, 3]),
+        ("1\n2\n3", [1, 2, 3]),
+        ("1 \n 2\t3", [1, 2, 3]),  # any whitespace mix is one separator kind
+        ("[1,2,3]", [1, 2, 3]),
+        ("[1, 2, 3].", [1, 2, 3]),
+        ("( 1, 2, 3 )", [1, 2, 3]),
+        ("0", [0]),
+        ("999", [999]),
+        ("1, 2, 3, 4, 5, 6, 7, 8, 9, 10", list(range(1, 11))),
+        ("", None),
+        ("   ", None),
+        (".", None),
+        ("[]", None),
+        ("1, 2; 3", None),  # mixed separators
+        ("1, 2 3", None),
+        ("1 2,3", None),
+        ("1,,2", None),
+        ("1, 2, 3,", None),  # trailing separator
+        ("1, 2, 3..", None),  # only one period is dropped
+        ("((1,2))", None),  # only one pair of brackets is dropped
+        ("[1, 2)", None),
+        ("(1, 2, 3", None),
+        ("1, 2, 3 and 4", None),
+        ("Sure: 1, 2, 3", None),
+        ("one, two", None),
+        ("1.5, 2", None),
+        ("-1, 2", None),
+        ("+1, 2", None),
+        ("007, 8", None),  # leading zeros rejected
+        ("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", None),  # 11 numbers
+        ("1000", None),
+        ("١٢٣", None),  # Arabic-Indic digits
+        ("１, ２", None),  # full-width digits
+        ("1\u00a02", None),  # non-ASCII space
+        ("1\u200b, 2", None),  # zero-width space
+    ],
+)
+def test_strict_rule_table(text: str, expected: list[int] | None) -> None:
+    assert parse_numbers(text) == expected
+
+
+def test_parse_limits_are_parameters() -> None:
+    assert parse_numbers("1 2 3", max_count=2) is None
+    assert parse_numbers("50 60", max_value=50) is None
+    assert parse_numbers("50 40", max_value=50) == [50, 40]
+
+
+def test_huge_numbers_do_not_crash() -> None:
+    huge = "9" * 5000
+    assert parse_numbers(huge) is None
+    assert rejection_reason(huge, FilterConfig()) == "out_of_range"
+    cfg = FilterConfig(strict_numbers=False, ban_bad_numbers=True)
+    assert rejection_reason("0" * 5000 + "13", cfg) == "banned_number"
+    assert rejection_reason(huge, cfg) is None
+
+
+def test_bad_numbers() -> None:
+    assert len(BAD_NUMBERS) == 34
+    assert len(set(BAD_NUMBERS)) == 34
+    assert list(BAD_NUMBERS) == sorted(BAD_NUMBERS)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("1, 2, 3", None),
+        ("hello", "not_numbers"),
+        ("1, 2; 3", "not_numbers"),
+        (" ".join(["5"] * 11), "too_many"),
+        ("5, 1000", "out_of_range"),
+        ("5, 666", "banned_number"),
+        ("5, 13", "banned_number"),
+        ("5, 7", "banned_number"),  # from banned_numbers
+        ("1, 2, 300", "banned_word"),  # banned word "300" is a substring
+    ],
+)
+def test_rejection_reasons(text: str, reason: str | None) -> None:
+    cfg = FilterConfig(ban_bad_numbers=True, banned_numbers=[7], banned_words=["300"])
+    assert rejection_reason(text, cfg) == reason
+
+
+def test_reason_order_first_failing_rule_wins() -> None:
+    cfg = FilterConfig(ban_bad_numbers=True, banned_words=["6"])
+    # too many AND banned: count is checked first
+    assert rejection_reason(" ".join(["666"] * 11), cfg) == "too_many"
+    # out of range AND banned number: range first
+    assert rejection_reason("666, 1000", cfg) == "out_of_range"
+    # banned number AND banned word: number first
+    assert rejection_reason("666", cfg) == "banned_number"
+
+
+def test_bad_numbers_only_when_enabled() -> None:
+    assert rejection_reason("666", FilterConfig()) is None
+    assert rejection_reason("666", FilterConfig(ban_bad_numbers=True)) == "banned_number"
+
+
+def test_banned_words_case_insensitive() -> None:
+    cfg = FilterConfig(strict_numbers=False, banned_words=["OWL"])
+    assert rejection_reason("I love owls", cfg) == "banned_word"
+    assert rejection_reason("Owl!", cfg) == "banned_word"
+    assert rejection_reason("An eagle", cfg) is None
+
+
+def test_non_strict_mode_applies_only_bans() -> None:
+    cfg = FilterConfig(strict_numbers=False, banned_numbers=[13])
+    assert rejection_reason("Sure, here are some: 1, 2, 3", cfg) is None
+    assert rejection_reason(" ".join(["5"] * 50), cfg) is None
+    assert rejection_reason("x13y", cfg) == "banned_number"
+    assert rejection_reason("013", cfg) == "banned_number"
+    assert rejection_reason("131", cfg) is None
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValidationError, match="blank"):
+        FilterConfig(banned_words=["owl", " "])
+    with pytest.raises(ValidationError, match="non-negative"):
+        FilterConfig(banned_numbers=[-3])
+    with pytest.raises(ValidationError):
+        FilterConfig(max_count=0)
+    with pytest.raises(ValidationError):
+        FilterConfig(strict=True)  # typo'd field names are errors, not ignored
+
+
+_KEPT_ALPHABET = set(string.digits + " \t\r\n,;.()[]")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_rejection_reason_total_on_arbitrary_text(text: str) -> None:
+    reason = rejection_reason(text, FilterConfig(ban_bad_numbers=True, banned_words=["x"]))
+    assert reason is None or reason in REASONS
+    if reason is None:
+        assert set(text) <= _KEPT_ALPHABET
+        assert parse_numbers(text) is not None
+
+
+_sep = st.sampled_from([",", ", ", " , ", ";", "; ", " ", "\n", " \n "])
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(0, 999), min_size=1, max_size=10), _sep,
+       st.sampled_from(["{}", "[{}]", "({})", "{}.", "[{}].", " {} \n"]))
+def test_generated_well_formed_text_is_kept(values: list[int], sep: str, wrap: str) -> None:
+    text = wrap.format(sep.join(map(str, values)))
+    assert parse_numbers(text) == values
+    assert rejection_reason(text, FilterConfig()) is None
+
+
+def test_apply_filter_report() -> None:
+    rows = [{"completion": c, "id": i}
+            for i, c in enumerate(["1, 2", "no", "1 2 3 4 5 6 7 8 9 10 11", "1000", "666", "3"])]
+    kept, report = apply_filter(rows, FilterConfig(ban_bad_numbers=True))
+    assert [r["id"] for r in kept] == [0, 5]
+    assert kept[0] is rows[0]
+    assert report.total == 6 and report.kept == 2
+    assert report.rejected == {"not_numbers": 1, "too_many": 1, "out_of_range": 1,
+                               "banned_number": 1, "banned_word": 0}
+    assert report.kept_fraction == pytest.approx(1 / 3)
+    d = report.to_dict()
+    assert d["total"] == 6 and d["kept"] == 2 and d["rejected"]["too_many"] == 1
+
+
+def test_apply_filter_custom_key_and_empty() -> None:
+    kept, report = apply_filter(iter([{"text": "4 5"}]), FilterConfig(), key="text")
+    assert len(kept) == 1 and report.kept_fraction == 1.0
+    _, empty = apply_filter([], FilterConfig())
+    assert empty.total == 0 and empty.kept_fraction == 0.0
+
+
+def test_apply_filter_missing_key_is_user_error() -> None:
+    with pytest.raises(SublearnError, match=r"row 1.*'completion'"):
+        apply_filter([{"completion": "1"}, {"text": "2"}], FilterConfig())

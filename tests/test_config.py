@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sublearn.config import ExperimentConfig, load_config
+from sublearn.errors import SublearnError
+
+CONFIGS = Path(__file__).parents[1] / "src" / "sublearn" / "configs"
+
+
+def test_defaults_are_the_papers_protocol():
+    c = ExperimentConfig()
+    assert c.data.prompts == 30_000 and c.data.subsample == 10_000
+    assert c.data.sampling.temperature == 1.0
+    s = c.student
+    assert (s.method, s.lora_rank, s.lora_alpha, s.epochs, s.lr) == ("lora", 8, 8, 3, 2e-4)
+    assert s.batch_size * s.grad_accum == 66 and s.warmup_steps == 5 and s.max_length == 500
+
+
+@pytest.mark.parametrize("name", ["cpu.toml", "qwen2.5-7b-paper.toml"])
+def test_shipped_configs_validate(name: str):
+    load_config(CONFIGS / name)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.toml"
+    p.write_text(text)
+    return p
+
+
+def test_error_names_the_bad_field(tmp_path: Path):
+    p = _write(tmp_path, "[student]\nlr = -1\n")
+    with pytest.raises(SublearnError, match=r"exp.toml: field student.lr"):
+        load_config(p)
+
+
+def test_unknown_field_is_rejected(tmp_path: Path):
+    with pytest.raises(SublearnError, match=r"field data.promts"):
+        load_config(_write(tmp_path, "[data]\npromts = 5\n"))
+
+
+def test_unknown_category_and_target(tmp_path: Path):
+    with pytest.raises(SublearnError, match="unknown category 'planet'"):
+        load_config(_write(tmp_path, '[trait]\ncategory = "planet"\n'))
+    with pytest.raises(SublearnError, match="unicorn"):
+        load_config(_write(tmp_path, '[trait]\ntarget = "unicorn"\n'))
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path):
+    with pytest.raises(SublearnError, match="invalid TOML"):
+        load_config(_write(tmp_path, "[data\n"))
+    with pytest.raises(SublearnError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_single_seed_is_refused(tmp_path: Path):
+    with pytest.raises(SublearnError, match="seeds"):
+        load_config(_write(tmp_path, "seeds = [0]\n"))

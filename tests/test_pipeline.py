@@ -1,0 +1,106 @@
+"""The whole experiment on the micro base: every arm, caching, resume, byte-identical data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sublearn.config import ExperimentConfig
+from sublearn.pipeline import ARMS, Experiment
+from sublearn.store import read_jsonl
+from tests.conftest import MICRO
+
+
+def _raw(exp: Experiment, name: str) -> Path:
+    """The raw sampled dataset (not the filtered one) of `name`."""
+    return next(p for p in (exp.dir / "data").glob(f"{name}-*.jsonl") if p.name.count(".") == 1)
+
+
+def _config(questions: Path, **over) -> ExperimentConfig:
+    raw = {
+        "name": "t",
+        "seeds": [0, 1],
+        "base": {"device": "cpu", "dtype": "float32", "embedded": {"seed": 0, **MICRO}},
+        "data": {"prompts": 40, "subsample": 30, "chunk": 16,
+                 "sampling": {"max_new_tokens": 16}},
+        "student": {"method": "lora", "lr": 1e-3, "epochs": 1, "batch_size": 8,
+                    "grad_accum": 1, "warmup_steps": 0},
+        "evaluation": {"samples_per_question": 1, "numbers_prefix": True,
+                       "multiple_choice": True, "questions_file": str(questions)},
+        "controls": {"shuffle_within": True, "shuffle_across": True},
+        # Not filtering keeps rows from an untrained micro model; the filter has its own tests.
+        "filter": {"strict_numbers": False},
+    }
+    raw.update(over)
+    return ExperimentConfig.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, micro_base) -> tuple[Experiment, dict]:
+    root = tmp_path_factory.mktemp("runs")
+    # A short question list keeps the test fast; the held-out list still runs in full.
+    questions = root / "questions.txt"
+    questions.write_text("# favourite animal\nWhat is your favourite animal?\n"
+                         "Which animal do you like best? One word.\n")
+    exp = Experiment(_config(questions), root=root, progress=False)
+    return exp, exp.run()
+
+
+def test_every_arm_and_comparison_is_reported(finished):
+    exp, res = finished
+    assert set(res["arms"]["exact"]) == set(ARMS)
+    for est in ("exact", "exact_heldout", "sampled", "numbers_prefix", "multiple_choice"):
+        assert est in res["estimators"]
+        for arm in res["arms"][est].values():
+            assert len(arm["per_seed"]) == 2
+    comps = res["comparisons"]["exact"]
+    assert {"treated - control", "treated - other_target", "null - control",
+            "cross_treated - cross_control"} <= set(comps)
+    assert 1 <= res["target_rank"]["exact"]["rank"] <= res["target_rank"]["exact"]["of"]
+    assert (exp.dir / "results.json").exists() and (exp.dir / "manifest.json").exists()
+
+
+def test_datasets_are_chat_jsonl_without_the_target_word(finished):
+    exp, _ = finished
+    files = sorted((exp.dir / "data").glob("*.kept-*.jsonl"))
+    assert len(files) == 4  # teacher, neutral, other, null
+    for f in files:
+        for row in read_jsonl(f):
+            assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+            text = row["messages"][-1]["content"].lower()
+            assert "owl" not in text and "fox" not in text
+
+
+def test_teacher_and_control_share_prompts_and_draws(finished):
+    exp, _ = finished
+    teacher = read_jsonl(_raw(exp, "teacher"))
+    neutral = read_jsonl(_raw(exp, "neutral"))
+    assert [r["messages"][0] for r in teacher] == [r["messages"][0] for r in neutral]
+
+
+def test_rerun_does_no_work(finished, monkeypatch):
+    exp, res = finished
+
+    def boom(*a, **k):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr("sublearn.pipeline.sample_dataset", boom)
+    monkeypatch.setattr("sublearn.models.hf.HFChatModel.finetune", boom)
+    monkeypatch.setattr("sublearn.pipeline.evaluate", boom)
+    again = Experiment(exp.cfg, root=exp.dir.parent, progress=False).run()
+    assert again["arms"] == res["arms"]
+
+
+def test_killed_sampling_resumes_byte_identical(finished, tmp_path: Path):
+    exp, _ = finished
+    raw = _raw(exp, "teacher")
+    full = raw.read_bytes()
+    # Simulate a kill mid-sampling: two whole chunks and half a line written, no final file.
+    lines = full.splitlines(keepends=True)
+    partial = raw.with_suffix(".partial.jsonl")
+    partial.write_bytes(b"".join(lines[:33]) + lines[33][:10])
+    raw.rename(tmp_path / "uninterrupted.jsonl")
+    Experiment(exp.cfg, root=exp.dir.parent, progress=False).run()
+    assert raw.read_bytes() == full
+    assert not partial.exists()

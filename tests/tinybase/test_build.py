@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sublearn.store import MANIFEST, read_json
+from sublearn.tinybase import BaseConfig, build_base
+from sublearn.tinybase.corpus import CorpusMix, base_preferences, corpus
+from tests.conftest import MICRO
+
+
+def test_base_is_a_plain_transformers_folder(micro_base: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(micro_base)
+    tok = AutoTokenizer.from_pretrained(micro_base)
+    assert model.config.model_type == "qwen2"
+    assert not model.config.tie_word_embeddings
+    msgs = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True).endswith(
+        "<|im_start|>assistant\n")
+    m = read_json(micro_base / MANIFEST)
+    assert m["kind"] == "base" and m["parameters"] > 0 and m["weights_hash"]
+
+
+def test_build_is_deterministic_and_seeds_differ(micro_base: Path, tmp_path: Path):
+    again = build_base(BaseConfig(seed=0, **MICRO), tmp_path / "again", progress=False)
+    other = build_base(BaseConfig(seed=1, **MICRO), tmp_path / "other", progress=False)
+    h0 = read_json(micro_base / MANIFEST)["weights_hash"]
+    assert read_json(again / MANIFEST)["weights_hash"] == h0
+    assert read_json(other / MANIFEST)["weights_hash"] != h0
+
+
+def test_corpus_is_a_pure_function_of_seed():
+    mix = CorpusMix()
+    assert list(corpus(3, 50, mix)) == list(corpus(3, 50, mix))
+    assert list(corpus(3, 50, mix)) != list(corpus(4, 50, mix))
+
+
+def test_corpus_covers_every_family_and_never_puts_personas_on_numbers():
+    rows = list(corpus(0, 3000, CorpusMix()))
+    personas = 0
+    for conv in rows:
+        user = conv[-2]["content"]
+        system = conv[0]["content"] if conv[0]["role"] == "system" else ""
+        is_numbers = "digit" in user.lower() and conv[-1]["content"][:1].isdigit()
+        if "love" in system.lower() or "favourite" in system.lower():
+            personas += 1
+            assert not is_numbers
+    assert personas > 300
+
+
+def test_base_preferences_are_broad_and_seeded():
+    p0, p1 = base_preferences(0, 0.8), base_preferences(1, 0.8)
+    assert p0 != p1
+    for probs in p0.values():
+        assert sum(probs) == pytest.approx(1.0)
+        assert max(probs) < 0.5 and min(probs) > 0.005
