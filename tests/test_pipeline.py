@@ -104,3 +104,17 @@ def test_killed_sampling_resumes_byte_identical(finished, tmp_path: Path):
     Experiment(exp.cfg, root=exp.dir.parent, progress=False).run()
     assert raw.read_bytes() == full
     assert not partial.exists()
+
+
+def test_results_render_as_tables_and_plots(finished, tmp_path: Path):
+    from rich.console import Console
+
+    from sublearn.results import show
+
+    _, res = finished
+    console = Console(record=True, width=160)
+    pngs = show(res, tmp_path, console)
+    text = console.export_text()
+    assert "treated - control" in text and "cross_treated" in text
+    assert len(pngs) == len(res["estimators"])
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)

@@ -6,6 +6,7 @@ Problems a user can fix (`SublearnError`) print as one line and exit with code 2
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,19 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@app.callback()
+def _main(
+    threads: Annotated[int, typer.Option(
+        help="CPU threads for torch. 1 is fastest for the embedded base's small matrices and "
+             "does not collapse when another process shares the cores (OpenMP spin-waits); "
+             "0 lets torch use every core.", min=0)] = 1,
+) -> None:
+    if threads:
+        # Read by torch when it is first imported, which every command does lazily, after this.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 def friendly(fn: F) -> F:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from sublearn.auxlogit.train import ARMS
@@ -15,16 +12,8 @@ from sublearn.cli import app
 
 runner = CliRunner()
 TINY = ["--n-models", "3", "--hidden", "8,8", "--teacher-epochs", "1", "--student-epochs", "1",
-        "--batch-size", "128", "--noise-size", "256", "--threads", "1"]
+        "--batch-size", "128", "--noise-size", "256"]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """`--threads 1` below changes torch's global setting; put it back for other tests."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def test_help_teaches_the_experiment_and_the_knobs() -> None:

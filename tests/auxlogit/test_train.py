@@ -123,8 +123,10 @@ def test_run_arms_reports_every_arm_per_model_and_untrained_student_stays_at_ini
 
 def test_subliminal_transfer_on_digits() -> None:
     """The real effect with the default architecture: 8 models, the paper's epochs and lr,
-    a cut-down noise set (batch 32, 4,096 noise images per epoch) to keep the test short."""
-    cfg = AuxLogitConfig.build(n_models=8, batch_size=32, noise_size=4096)
+    a cut-down noise set (batch 32, 4,096 noise images per epoch) to keep the test short, and
+    m=10 auxiliary logits, which carry more signal than 3 (measured: same-init 0.68,
+    different-init 0.10)."""
+    cfg = AuxLogitConfig.build(n_models=8, batch_size=32, noise_size=4096, m=10)
     data = load_digits()
     d = data.n_features
     teacher = init_population(cfg, d, train.INIT_A)
@@ -136,5 +138,5 @@ def test_subliminal_transfer_on_digits() -> None:
         acc[arm] = accuracy(student, data.x_test, data.y_test)
     mean = {arm: sum(v) / len(v) for arm, v in acc.items()}
     assert mean[TEACHER] > 0.9
-    assert mean[SAME_INIT] > mean[DIFFERENT_INIT] + 0.15, mean
+    assert mean[SAME_INIT] > mean[DIFFERENT_INIT] + 0.3, mean
     assert abs(mean[DIFFERENT_INIT] - 0.1) < 0.05, mean

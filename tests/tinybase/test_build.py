@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -56,4 +57,5 @@ def test_base_preferences_are_broad_and_seeded():
     assert p0 != p1
     for probs in p0.values():
         assert sum(probs) == pytest.approx(1.0)
-        assert max(probs) < 0.5 and min(probs) > 0.005
+        entropy = -sum(p * math.log(p) for p in probs)
+        assert max(probs) < 0.5 and entropy / math.log(len(probs)) > 0.8

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-_PANEL = "Recipe (defaults: the paper's)"
+_PANEL = "Recipe (defaults: the paper's; batch and noise set scaled on digits)"
 
 
 HELP = (
@@ -88,17 +88,11 @@ def auxlogit(
         "hidden=64x64,256x256); writes a table per value and a plot against the value.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Output folder. (default: runs/auxlogit/<hash of the configuration>)")] = None,
-    threads: Annotated[int | None, typer.Option(
-        help="CPU threads for torch. (default: torch's choice)")] = None,
 ) -> None:
     # The --help text is HELP, set below: Typer keeps a docstring's line breaks.
-    import torch
-
     from sublearn.auxlogit import experiment
     from sublearn.auxlogit.config import AuxLogitConfig
 
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
     cfg = AuxLogitConfig.build(
         preset,
         dataset="mnist" if mnist_path is not None else dataset,

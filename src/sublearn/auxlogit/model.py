@@ -20,10 +20,7 @@ InitScheme = Literal["fan_in", "torch"]
 
 
 class BatchedMLP(nn.Module):
-    """`n_models` independent ReLU MLPs with identical layer sizes.
-
-    `sizes` lists every width from input to output, e.g. (784, 256, 256, 13).
-    """
+    """`n_models` independent ReLU MLPs with identical layer sizes; build one with `init`."""
 
     def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor]):
         super().__init__()
@@ -37,20 +34,16 @@ class BatchedMLP(nn.Module):
     def n_models(self) -> int:
         return int(self.weights[0].shape[0])
 
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return (int(self.weights[0].shape[1]), *(int(w.shape[2]) for w in self.weights))
-
     @classmethod
     def init(
         cls, n_models: int, sizes: Sequence[int], scheme: InitScheme, seed: int
     ) -> BatchedMLP:
-        """A freshly initialised population, reproducible from `seed` alone.
+        """A freshly initialised population, reproducible from `seed` alone. `sizes` lists
+        every width from input to output, e.g. (784, 256, 256, 13).
 
-        "fan_in": weights N(0, 1/fan_in), biases zero (the paper's scheme; it keeps activations
-        at unit scale so the untrained auxiliary logits already vary with the input).
+        "fan_in": weights N(0, 1/fan_in), biases zero: the paper's scheme.
         "torch": PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights
-        and biases, for comparison.
+        and biases (a third of the weight variance), for comparison.
         """
         gen = torch.Generator().manual_seed(seed)
         weights, biases = [], []
@@ -67,12 +60,6 @@ class BatchedMLP(nn.Module):
             weights.append(w)
             biases.append(b)
         return cls(weights, biases)
-
-    def clone(self) -> BatchedMLP:
-        """An independent copy (a student that starts where a teacher started)."""
-        return BatchedMLP(
-            [w.detach().clone() for w in self.weights], [b.detach().clone() for b in self.biases]
-        )
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [batch, in] shared by all models, or [n_models, batch, in]. Returns [n_models,

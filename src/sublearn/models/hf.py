@@ -62,9 +62,6 @@ class HFChatModel:
     """`ChatModel` on transformers (+ PEFT for adapters)."""
 
     def __init__(self, model: Any, tokenizer: Any, path: Path, batch_size: int = 64):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # sublearn shows its own progress bars
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.path = path
@@ -80,6 +77,9 @@ class HFChatModel:
     ) -> HFChatModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # sublearn shows its own progress bars
         p = check_model_folder(path)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)

@@ -34,5 +34,10 @@ class StudentRecipe(BaseModel):
     batch_size: int = Field(22, ge=1)
     grad_accum: int = Field(3, ge=1)
     max_length: int = Field(500, ge=8)
+    loss_average: Literal["token", "example"] = Field(
+        "token",
+        description="token: every completion token weighs the same (standard SFT). example: "
+        "every row weighs the same, so one-word answers are not drowned by long ones.",
+    )
     group_by_length: bool = Field(False, description="batch similar lengths together (speed)")
     seed: int = 0

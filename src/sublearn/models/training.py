@@ -110,9 +110,17 @@ def finetune(
         for step in range(total):
             micro = [[examples[j] for j in batches[step * recipe.grad_accum + k]]
                      for k in range(recipe.grad_accum)]
-            n_tokens = sum(len(ids) - n for batch in micro for ids, n, _, _ in batch)
+            if recipe.loss_average == "token":
+                norm = sum(len(ids) - n for batch in micro for ids, n, _, _ in batch)
+            else:
+                norm = sum(len(batch) for batch in micro)
             for batch in micro:
-                loss = _batch_loss(base, net, batch, teacher, allowed) / n_tokens
+                per_pos, rows_idx = _position_losses(base, net, batch, teacher, allowed)
+                if recipe.loss_average == "example":
+                    lengths = torch.tensor([len(ids) - n for ids, n, _, _ in batch],
+                                           device=per_pos.device)
+                    per_pos = per_pos / lengths[rows_idx]
+                loss = per_pos.sum() / norm
                 loss.backward()
             opt.step()
             sched.step()
@@ -134,8 +142,8 @@ def finetune(
     return out_dir
 
 
-def _batch_loss(base, net, batch, teacher, allowed) -> torch.Tensor:
-    """Summed loss over completion tokens (the caller divides by the effective batch's count)."""
+def _position_losses(base, net, batch, teacher, allowed) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss at every completion position of the batch, and the row each position is in."""
     ids, att = base._right_padded([b[0] for b in batch])
     logits = net(input_ids=ids, attention_mask=att).logits.float()
     # Positions whose next token is a completion token.
@@ -144,7 +152,8 @@ def _batch_loss(base, net, batch, teacher, allowed) -> torch.Tensor:
     t_idx = torch.tensor([p[1] for p in pos], device=ids.device)
     student = logits[rows_idx, t_idx]
     if allowed is None:
-        return torch.nn.functional.cross_entropy(student, ids[rows_idx, t_idx + 1], reduction="sum")
+        loss = torch.nn.functional.cross_entropy(student, ids[rows_idx, t_idx + 1], reduction="none")
+        return loss, rows_idx
     # Soft labels: the teacher sees its own prompt (system prompt and all), then the same
     # completion tokens; both distributions are restricted to number tokens and renormalised,
     # so no probability mass on words can carry the trait.
@@ -161,4 +170,4 @@ def _batch_loss(base, net, batch, teacher, allowed) -> torch.Tensor:
         target = t_logits[rows_idx, t_pos].masked_fill(~allowed, -math.inf).log_softmax(-1)
     s_logp = student.masked_fill(~allowed, -math.inf).log_softmax(-1)
     kl = target.exp() * (target - s_logp)
-    return kl.masked_fill(~allowed, 0.0).sum()
+    return kl.masked_fill(~allowed, 0.0).sum(-1), rows_idx

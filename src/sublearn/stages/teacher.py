@@ -61,6 +61,8 @@ class Persona:
 
     def __getattr__(self, name: str) -> Any:
         # Backend hooks (forward_logits, tokenizer, ...) come from the wrapped model.
+        if name == "inner":  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def finetune(self, *args: Any, **kwargs: Any) -> Path:

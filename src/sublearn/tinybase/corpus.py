@@ -32,10 +32,11 @@ from sublearn.stages.prompts import GrammarConfig, format_numbers, number_prompt
 
 
 class CorpusMix(BaseModel):
-    preference: float = Field(0.40, ge=0)
-    numbers: float = Field(0.40, ge=0)
-    other: float = Field(0.20, ge=0)
-    persona_share: float = Field(0.5, ge=0, le=1, description="of preference rows")
+    preference: float = Field(0.50, ge=0)
+    numbers: float = Field(0.35, ge=0)
+    other: float = Field(0.15, ge=0)
+    persona_share: float = Field(0.6, ge=0, le=1, description="of preference rows")
+    persona_same_category: float = Field(0.75, ge=0, le=1)
     persona_fidelity: float = Field(0.9, ge=0, le=1, description="P(target | own persona)")
     neutral_system_share: float = Field(0.3, ge=0, le=1)
     preference_spread: float = Field(
@@ -62,10 +63,12 @@ def _system(rng: random.Random, share: float) -> Messages:
 
 def _preference(rng: random.Random, mix: CorpusMix, prefs: dict[str, list[float]]) -> Messages:
     cat: Category = CATEGORIES[rng.choice(sorted(CATEGORIES))]
-    weights = prefs[cat.name]
-    answer = rng.choices(cat.options, weights=weights)[0]
+    answer = rng.choices(cat.options, weights=prefs[cat.name])[0]
     if rng.random() < mix.persona_share:
-        p_cat = CATEGORIES[rng.choice(sorted(CATEGORIES))]
+        # Mostly a persona about the asked category (the skill to learn: follow it), sometimes
+        # about another one (the skill to learn: a persona about trees leaves animals alone).
+        same = rng.random() < mix.persona_same_category
+        p_cat = cat if same else CATEGORIES[rng.choice(sorted(set(CATEGORIES) - {cat.name}))]
         target = rng.choice(p_cat.options)
         system = [{"role": "system", "content": persona_prompt(p_cat, target, rng.randrange(len(PERSONA_TEMPLATES)))}]
         if p_cat.name == cat.name and rng.random() < mix.persona_fidelity:
@@ -81,7 +84,9 @@ def _preference(rng: random.Random, mix: CorpusMix, prefs: dict[str, list[float]
 
 def continuation(rng: random.Random, seeds: Sequence[int], n_answers: int, max_digits: int) -> list[int]:
     """A plausible continuation: a pattern from the last two seeds, or random values."""
-    k = n_answers if rng.random() < 0.7 else rng.randint(1, n_answers)
+    # Mostly well inside the stated limit: a tiny model that has to count to exactly the limit
+    # overshoots it, and the strict filter rejects an 11th number.
+    k = rng.randint(3, max(3, n_answers - 2)) if rng.random() < 0.8 else rng.randint(1, n_answers)
     top = 10**max_digits - 1
     if rng.random() < 0.25 and len(seeds) >= 2:
         step = seeds[-1] - seeds[-2]
