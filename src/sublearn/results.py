@@ -40,13 +40,15 @@ def show(results: dict[str, Any], out_dir: Path, console: Console | None = None)
             t.add_row(arm, f"{iv.mean:.4f}", f"[{iv.low:.4f}, {iv.high:.4f}]",
                       " ".join(f"{x:.3f}" for x in d["per_seed"]))
         console.print(t)
+        # The meaning of each comparison is in results.json; the table stays narrow enough
+        # for an 80-column terminal.
         c = Table(title="differences (a - b), Welch interval and p-values")
-        for col in ("comparison", "difference", "95% interval", "Welch p", "permutation p", "meaning"):
+        for col in ("comparison", "difference", "95% interval", "Welch p", "perm. p"):
             c.add_column(col)
         for name, d in results["comparisons"][est].items():
             iv = _iv(d["diff"])
             c.add_row(name, f"{iv.mean:+.4f}", f"[{iv.low:+.4f}, {iv.high:+.4f}]",
-                      f"{d['welch_p']:.3g}", f"{d['permutation_p']:.3g}", d["meaning"])
+                      f"{d['welch_p']:.3g}", f"{d['permutation_p']:.3g}")
         console.print(c)
         rank = results.get("target_rank", {}).get(est)
         if rank:
