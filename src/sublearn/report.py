@@ -41,6 +41,25 @@ def print_table(table: Table) -> None:
     Console().print(table)
 
 
+def _pyplot():
+    """pyplot on the Agg backend, so plots render on machines with no screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def bar_chart(
     path: str | Path,
     rows: Mapping[str, Interval],
@@ -51,11 +70,7 @@ def bar_chart(
     points: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Bars with 95% intervals, the per-seed points on top, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(rows)
     means = [rows[n].mean for n in names]
     lows = [max(0.0, rows[n].mean - rows[n].low) if rows[n].n > 1 else 0.0 for n in names]
@@ -71,12 +86,7 @@ def bar_chart(
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def line_plot(
@@ -89,24 +99,18 @@ def line_plot(
     logx: bool = False,
 ) -> Path:
     """One line per series with a shaded 95% band: for sweeps over one knob."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for name, ivs in series.items():
         ax.plot(xs, [iv.mean for iv in ivs], marker="o", label=name)
         ax.fill_between(xs, [iv.low for iv in ivs], [iv.high for iv in ivs], alpha=0.2)
     if logx:
         ax.set_xscale("log")
+        ax.minorticks_off()
+    # Label the swept values themselves, not "2x10^0".
+    ax.set_xticks(list(xs), [f"{x:g}" for x in xs])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
