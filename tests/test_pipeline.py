@@ -118,3 +118,14 @@ def test_results_render_as_tables_and_plots(finished, tmp_path: Path):
     assert "treated - control" in text and "cross_treated" in text
     assert len(pngs) == len(res["estimators"])
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_disabled_controls_drop_their_arms_and_datasets(tmp_path: Path):
+    cfg = ExperimentConfig.model_validate({"controls": {
+        "neutral": False, "other_target": False, "null": False, "cross_base": False}})
+    exp = Experiment(cfg, root=tmp_path, progress=False)
+    assert exp.arms() == ["treated"] and exp.datasets_needed() == ["teacher"]
+    cfg = ExperimentConfig.model_validate({"controls": {"null": False, "other_target": False}})
+    exp = Experiment(cfg, root=tmp_path, progress=False)
+    assert exp.datasets_needed() == ["teacher", "neutral"]
+    assert "cross_control" in exp.arms() and "null" not in exp.arms()

@@ -113,7 +113,10 @@ class Experiment:
         """name -> (model, identity hash). 'neutral' is the base itself."""
         out: dict[str, tuple[ChatModel, str]] = {"neutral": (base, base_hash)}
         tcfg = self.cfg.teacher
-        for name, option in (("teacher", self.target), ("other", self.other)):
+        wanted = [("teacher", self.target)]
+        if "other" in self.datasets_needed():
+            wanted.append(("other", self.other))
+        for name, option in wanted:
             if tcfg.kind == "persona":
                 t = persona_teacher(base, self.category, option, tcfg.persona_variant)
                 out[name] = (t, stable_hash([base_hash, t.system]))
@@ -127,11 +130,6 @@ class Experiment:
                 out[name] = (self.load(path, self.cfg.base), h)
         return out
 
-    def datasets_needed(self) -> list[str]:
-        c = self.cfg.controls
-        return [n for n, on in (("teacher", True), ("neutral", c.neutral or c.null or c.cross_base),
-                                ("other", c.other_target), ("null", c.null)) if on]
-
     def arms(self) -> list[str]:
         c = self.cfg.controls
         on = {"treated": True, "control": c.neutral or c.null or c.cross_base,
@@ -139,6 +137,11 @@ class Experiment:
               "cross_control": c.cross_base, "shuffled_within": c.shuffle_within,
               "shuffled_across": c.shuffle_across}
         return [a for a in ARMS if on[a]]
+
+    def datasets_needed(self) -> list[str]:
+        """The datasets the enabled arms train on, in a fixed order."""
+        needed = {ARMS[a][0] for a in self.arms()}
+        return [n for n in ("teacher", "neutral", "other", "null") if n in needed]
 
     def sample_and_filter(self, teachers: dict[str, tuple[ChatModel, str]]) -> dict[str, Path]:
         d = self.cfg.data
@@ -230,6 +233,8 @@ class Experiment:
             evals["cross_base"] = self.evaluate_model(
                 lambda: self.load(paths["cross"], cfg.cross_base()), hashes["cross"], "cross_base")
         for name in ("teacher", "other"):
+            if name not in teachers:
+                continue
             model, ident = teachers[name]
             evals[f"{name}_teacher"] = self.evaluate_model(
                 lambda m=model: m, ident, f"{name}_teacher")
