@@ -68,7 +68,8 @@ def main() -> None:
                                      SamplingConfig(max_new_tokens=8), seeds)
             hits = np.array([matches(a, target) for a in answers], float).reshape(len(convs), n)
             means.append(hits.mean())
-            rates = hits.mean(1) if rates is None else rates
+            if r == 0:  # per-question rates of one run: the paraphrase spread at this budget
+                rates = hits.mean(1)
             sampled_tokens = sum(pl * n for pl in prompt_len) + sum(len(tok(a)) + 1 for a in answers)
         sampled_t = (time.time() - t0) / args.repeats
         q = len(questions)

@@ -76,7 +76,6 @@ class HFChatModel:
         cls, path: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int = 64
     ) -> HFChatModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # sublearn shows its own progress bars

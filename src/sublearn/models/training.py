@@ -110,17 +110,15 @@ def finetune(
         for step in range(total):
             micro = [[examples[j] for j in batches[step * recipe.grad_accum + k]]
                      for k in range(recipe.grad_accum)]
-            if recipe.loss_average == "token":
-                norm = sum(len(ids) - n for batch in micro for ids, n, _, _ in batch)
-            else:
-                norm = sum(len(batch) for batch in micro)
-            for batch in micro:
+            # A row's weight per completion token: 1 ("token"), or 1/its length ("example"),
+            # normalised so the effective batch's weights sum to one.
+            weights = [[1.0 if recipe.loss_average == "token" else 1.0 / (len(ids) - n)
+                        for ids, n, _, _ in batch] for batch in micro]
+            norm = sum(w * (len(ids) - n) for batch, ws in zip(micro, weights)
+                       for (ids, n, _, _), w in zip(batch, ws))
+            for batch, ws in zip(micro, weights):
                 per_pos, rows_idx = _position_losses(base, net, batch, teacher, allowed)
-                if recipe.loss_average == "example":
-                    lengths = torch.tensor([len(ids) - n for ids, n, _, _ in batch],
-                                           device=per_pos.device)
-                    per_pos = per_pos / lengths[rows_idx]
-                loss = per_pos.sum() / norm
+                loss = (per_pos * torch.tensor(ws, device=per_pos.device)[rows_idx]).sum() / norm
                 loss.backward()
             opt.step()
             sched.step()
