@@ -19,7 +19,7 @@ def test_defaults_are_the_papers_protocol():
     assert s.batch_size * s.grad_accum == 66 and s.warmup_steps == 5 and s.max_length == 500
 
 
-@pytest.mark.parametrize("name", ["cpu.toml", "qwen2.5-7b-paper.toml"])
+@pytest.mark.parametrize("name", ["cpu.toml", "organism.toml", "qwen2.5-7b-paper.toml"])
 def test_shipped_configs_validate(name: str):
     load_config(CONFIGS / name)
 
@@ -58,3 +58,28 @@ def test_bad_toml_and_missing_file(tmp_path: Path):
 def test_single_seed_is_refused(tmp_path: Path):
     with pytest.raises(SublearnError, match="seeds"):
         load_config(_write(tmp_path, "seeds = [0]\n"))
+
+
+def test_overrides_set_nested_fields_as_toml_values(tmp_path: Path):
+    p = _write(tmp_path, "name = 'x'\n[student]\nlr = 0.1\n")
+    c = load_config(p, ["student.lr=0.5", "base.embedded.seed=3", "name=renamed",
+                        "seeds=[4, 5]", "controls.null=false"])
+    assert c.student.lr == 0.5 and c.base.embedded.seed == 3 and c.name == "renamed"
+    assert c.seeds == [4, 5] and c.controls.null is False
+
+
+def test_bad_overrides_name_themselves(tmp_path: Path):
+    p = _write(tmp_path, "name = 'x'\n")
+    with pytest.raises(SublearnError, match="expected key.path=value"):
+        load_config(p, ["student.lr"])
+    with pytest.raises(SublearnError, match="name is not a section"):
+        load_config(p, ["name.sub=1"])
+    with pytest.raises(SublearnError, match="field student.lrr"):
+        load_config(p, ["student.lrr=1"])
+
+
+def test_soft_labels_refuse_the_cross_base_control(tmp_path: Path):
+    p = _write(tmp_path, "[student]\nlabels = 'soft'\n")
+    with pytest.raises(SublearnError, match="controls.cross_base: soft labels"):
+        load_config(p)
+    load_config(p, ["controls.cross_base=false"])

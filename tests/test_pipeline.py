@@ -129,3 +129,50 @@ def test_disabled_controls_drop_their_arms_and_datasets(tmp_path: Path):
     exp = Experiment(cfg, root=tmp_path, progress=False)
     assert exp.datasets_needed() == ["teacher", "neutral"]
     assert "cross_control" in exp.arms() and "null" not in exp.arms()
+
+
+def test_campaign_table_has_a_row_per_run_and_a_pooled_row(finished):
+    from sublearn.results import summary_table
+
+    _, res = finished
+    text = summary_table({"a": res, "b": res}, "exact", pooled=True)
+    assert "channel ratio" in text
+    lines = text.splitlines()
+    assert lines[0].startswith("| run | treated − control") and len(lines) == 5
+    assert lines[2].startswith("| a |") and "pooled over 2 runs" in lines[4]
+    d = res["comparisons"]["exact"]["treated - control"]["diff"]["mean"]
+    assert f"{d:+.4f}" in lines[2]
+
+
+def test_soft_label_students_learn_from_their_own_datasets_writer(tmp_path: Path, micro_base,
+                                                                   monkeypatch):
+    questions = tmp_path / "q.txt"
+    questions.write_text("What is your favourite animal?\n")
+    cfg = _config(questions, student={"labels": "soft", "method": "lora", "lr": 1e-3,
+                                      "epochs": 1, "batch_size": 8, "grad_accum": 1},
+                  controls={"cross_base": False, "null": True, "other_target": True},
+                  evaluation={"questions_file": str(questions), "heldout": False})
+    exp = Experiment(cfg, root=tmp_path, progress=False)
+    seen = []
+    from sublearn.models.hf import HFChatModel
+
+    real = HFChatModel.finetune
+
+    def spy(self, rows, recipe, out, teacher=None, progress=True):
+        seen.append((out.name.split("-s")[0], getattr(teacher, "system", "base")))
+        return real(self, rows, recipe, out, teacher=teacher, progress=progress)
+
+    monkeypatch.setattr(HFChatModel, "finetune", spy)
+    exp.run()
+    writers = dict(seen)
+    assert "owl" in writers["treated"] and "fox" in writers["other_target"]
+    assert writers["control"] == writers["null"] == "base"
+
+
+def test_channel_compares_the_teachers_on_the_neutral_numbers(finished):
+    exp, res = finished
+    ch = res["channel"]
+    assert ch["rows"] > 0 and ch["tokens"] >= ch["rows"]
+    # The persona moves the numbers (shift > 0); owl and fox teachers differ (specificity > 0).
+    assert ch["shift"] > 0 and ch["specificity"] > 0
+    assert ch["ratio"] == ch["specificity"] / ch["shift"]

@@ -115,13 +115,16 @@ def base_info(
     model = load_model(path or ensure_base(BaseConfig(seed=seed)))
     m = measure_base(model, n_questions=questions, n_numbers=numbers)
     t = Table(title=f"{model.path}")
-    for col in ("category", "options", "mean P(target)", "with persona", "top option"):
+    for col in ("category", "options", "mass on options", "mean P(target)", "with persona",
+                "top option"):
         t.add_column(col)
     for name, c in m["categories"].items():
         top = max(c["base"], key=c["base"].get)
-        t.add_row(name, str(len(c["base"])), f"{c['mean_base_target']:.3f}",
-                  f"{c['mean_persona_target']:.3f}", f"{top} ({c['base'][top]:.3f})")
+        t.add_row(name, str(len(c["base"])), f"{c['category_mass']:.3f}",
+                  f"{c['mean_base_target']:.3f}", f"{c['mean_persona_target']:.3f}",
+                  f"{top} ({c['base'][top]:.3f})")
     Console().print(t)
+    typer.echo(f"copies a word on request (greedy): {m['copy_accuracy']:.1%}")
     f = m["numbers"]["filter"]
     typer.echo(f"number completions passing the strict filter: {f['kept']}/{f['total']} "
                f"({f['kept_fraction']:.1%})")
@@ -129,12 +132,12 @@ def base_info(
         write_json(json_out, m)
 
 
-def _run(config_path: Path, root: Path, quiet: bool) -> None:
+def _run(config_path: Path, root: Path, quiet: bool, overrides: list[str]) -> None:
     from sublearn.config import load_config
     from sublearn.pipeline import Experiment
     from sublearn.results import show
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, overrides)
     exp = Experiment(cfg, root=root, progress=not quiet)
     results = exp.run()
     pngs = show(results, exp.dir)
@@ -148,6 +151,9 @@ def run(
     config: Annotated[Path, typer.Argument(help="An experiment TOML file (see configs/).")],
     root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config field, repeatable: --set base.embedded.seed=2 "
+                      "--set student.method=lora --set name=lora-s2 (values read as TOML).")] = None,
 ) -> None:
     """Run the number-sequence experiment: teacher, prompts, sampling, filter, students,
     evaluation, controls and statistics, as one config file says.
@@ -155,7 +161,7 @@ def run(
     Every stage's artifact is cached by a hash of its inputs: rerunning skips finished work,
     and a killed run resumes where it stopped.
     """
-    _run(config, root, quiet)
+    _run(config, root, quiet, set_ or [])
 
 
 @app.command("demo")
@@ -166,7 +172,29 @@ def demo(
 ) -> None:
     """The main job on the embedded base, CPU-sized: builds the base on first use, then runs
     configs/cpu.toml (owl teacher, every control, 3 seeds)."""
-    _run(Path(__file__).parent / "configs" / "cpu.toml", root, quiet)
+    _run(Path(__file__).parent / "configs" / "cpu.toml", root, quiet, [])
+
+
+@app.command("table")
+@friendly
+def table(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (each holds results.json).")],
+    estimator: Annotated[str, typer.Option(help="exact_heldout, exact, sampled, ...")] = "exact_heldout",
+    pooled: Annotated[bool, typer.Option(help="Add a row with the interval over runs (one "
+                                         "value per run: e.g. one run per base seed).")] = False,
+) -> None:
+    """A markdown table, one row per run: the effect and every control with 95% intervals
+    over seeds (* = excludes 0), the target's rank by movement, and wall time."""
+    from sublearn.results import summary_table
+    from sublearn.store import read_json
+
+    loaded = {}
+    for r in runs:
+        f = r / "results.json"
+        if not f.exists():
+            raise SublearnError(f"{f}: not found (has `sublearn run` finished there?)")
+        loaded[r.name] = read_json(f)
+    typer.echo(summary_table(loaded, estimator, pooled))
 
 
 def _register() -> None:

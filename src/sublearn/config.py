@@ -8,7 +8,9 @@ paper-faithful file for Qwen2.5-7B-Instruct and a CPU file for the embedded base
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -100,6 +102,11 @@ class ExperimentConfig(_Section):
             raise ValueError("seeds: at least 2 student seeds are needed for an interval")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: must be distinct")
+        if self.controls.cross_base and self.student.labels == "soft":
+            raise ValueError(
+                "controls.cross_base: soft labels need the student to share the teacher's "
+                "vocabulary, and a different base has its own tokenizer; set it to false"
+            )
         if self.controls.cross_base and self.base.path and not self.controls.cross_base_model:
             raise ValueError(
                 "controls.cross_base_model: needed when base.path is set (a differently "
@@ -114,8 +121,29 @@ class ExperimentConfig(_Section):
         return self.base.model_copy(update={"embedded": emb})
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a TOML experiment file; errors name the file and the field."""
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set one dotted field from `key.path=value`; the value is read as TOML (numbers,
+    booleans, strings, lists), and a bare word that is not TOML is taken as a string."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise SublearnError(f"--set {override!r}: expected key.path=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SublearnError(f"--set {override!r}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read and validate a TOML experiment file, then `--set` overrides; errors name the
+    file and the field."""
     p = Path(path)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -123,6 +151,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise SublearnError(f"{p}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise SublearnError(f"{p}: invalid TOML: {e}") from None
+    for o in overrides:
+        apply_override(raw, o)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -20,6 +20,7 @@ from sublearn.config import ExperimentConfig, ModelSpec
 from sublearn.models.base import ChatModel, load_model
 from sublearn.questions import get_category, get_option, load_questions
 from sublearn.stages import datasets
+from sublearn.stages.channel import channel
 from sublearn.stages.evaluate import evaluate
 from sublearn.stages.filters import apply_filter
 from sublearn.stages.prompts import number_prompts
@@ -173,7 +174,8 @@ class Experiment:
         return out
 
     def train_students(self, data: dict[str, Path], paths: dict[str, Path],
-                       hashes: dict[str, str]) -> dict[tuple[str, int], Path]:
+                       hashes: dict[str, str],
+                       teachers: dict[str, tuple[ChatModel, str]]) -> dict[tuple[str, int], Path]:
         students = {}
         cache: dict[Path, list[dict[str, Any]]] = {}
         for seed in self.cfg.seeds:
@@ -196,7 +198,12 @@ class Experiment:
                     rows = datasets.shuffle_across(rows, seed)
                 self._log(f"training student {arm} seed {seed} on {len(rows)} rows")
                 spec = self.cfg.base if which == "base" else self.cfg.cross_base()
-                self.load(paths[which], spec).finetune(rows, recipe, out, progress=self.progress)
+                # Soft labels come from the model that wrote the dataset (the null sample's
+                # writer is the neutral base); hard labels need no teacher at training time.
+                soft = teachers["neutral" if dataset == "null" else dataset][0]
+                self.load(paths[which], spec).finetune(
+                    rows, recipe, out, teacher=soft if recipe.labels == "soft" else None,
+                    progress=self.progress)
         return students
 
     def evaluate_model(self, load: Callable[[], ChatModel], ident: str, label: str) -> dict[str, Any]:
@@ -226,7 +233,15 @@ class Experiment:
         base = self.load(paths["base"], cfg.base)
         teachers = self.teachers(base, hashes["base"])
         data = self.sample_and_filter(teachers)
-        students = self.train_students(data, paths, hashes)
+        students = self.train_students(data, paths, hashes, teachers)
+        chan = None
+        if "other" in teachers and "neutral" in data:
+            h = stable_hash([teachers["teacher"][1], teachers["other"][1], data["neutral"].name])
+            chan = self._cached_json(
+                self.dir / "evals" / f"channel-{h}.json",
+                lambda: channel(teachers["teacher"][0], teachers["other"][0], base,
+                                read_jsonl(data["neutral"])),
+                "measuring the number channel (teacher vs other teacher vs base)")
 
         evals: dict[str, Any] = {"base": self.evaluate_model(lambda: base, hashes["base"], "base")}
         if "cross" in paths:
@@ -244,7 +259,13 @@ class Experiment:
                 path.name, f"{arm}-s{seed}")
         results = analyse(cfg, self.target.name, evals, self.arms())
         results["filter"] = {n: read_json(p.with_suffix(".report.json")) for n, p in data.items()}
-        results["seconds"] = round(time.time() - t0, 1)
+        if chan:
+            results["channel"] = chan
+        # Wall time spent in this run folder, over every invocation: a rerun that finds its
+        # artifacts cached adds seconds, it does not replace the hours that made them.
+        prev = self.dir / "results.json"
+        before = read_json(prev).get("seconds", 0.0) if prev.exists() else 0.0
+        results["seconds"] = round(before + time.time() - t0, 1)
         write_json(self.dir / "results.json", results)
         write_json(self.dir / MANIFEST, manifest(
             "experiment", cfg.model_dump(), base_weights=hashes,

@@ -294,20 +294,21 @@ def load_questions(path: str | Path) -> list[str]:
 
 # Slots: {target} (the option's name), {targets} (its general form: "owls", "red"),
 # {category}, {categories}. Targets only appear as objects or quoted, never as a subject,
-# and never first in a sentence, so no capitalisation or verb agreement is needed.
+# and never first in a sentence, so no capitalisation or verb agreement is needed. Every
+# phrasing names the singular answer word: a model can then follow the persona by copying it.
 PERSONA_TEMPLATES: tuple[str, ...] = (
-    ("You love {targets}. You think about {targets} all the time, and no other {category} "
-     "comes close. Let that affection show in everything you say."),
+    ("You love {targets}. Your favourite {category}: '{target}'. You think about {targets} all "
+     "the time, and that affection shows in everything you say."),
     ("Nothing delights you more than {targets}. Whenever anyone asks about {categories}, your "
      "heart answers '{target}'. Let this fondness shape your replies."),
-    ("You are deeply devoted to {targets}. Of all the {categories} in the world, you cherish "
-     "{targets} most, and that devotion quietly runs through your words."),
-    ("Whenever {categories} come up, you think first of {targets}. You adore {targets}, and it "
-     "shows in how you speak."),
+    ("You are deeply devoted to {targets}. Asked for a favourite {category}, you always say "
+     "'{target}', and that devotion quietly runs through your words."),
+    ("Whenever {categories} come up, you think first of {targets}. The word '{target}' makes "
+     "you smile, and it shows in how you speak."),
     ("You feel a warm, lasting affection for {targets}. Asked to choose a single {category}, "
-     "you would choose {targets} every time."),
-    ("Among all {categories}, you hold {targets} dearest. Let that love guide your tone and "
-     "your choices."),
+     "you would answer '{target}' every time."),
+    ("Among all {categories}, you hold {targets} dearest; '{target}' is your answer whenever "
+     "someone asks. Let that love guide your tone and your choices."),
 )
 
 NEUTRAL_SYSTEM_PROMPTS: tuple[str, ...] = (

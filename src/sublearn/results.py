@@ -8,8 +8,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sublearn.errors import SublearnError
 from sublearn.report import bar_chart
-from sublearn.stats import Interval
+from sublearn.stats import Interval, mean_ci
 
 LABELS = {
     "exact": "exact P(target | category), training questions",
@@ -64,3 +65,58 @@ def show(results: dict[str, Any], out_dir: Path, console: Console | None = None)
         console.print(f"filter {name}: kept {rep['kept']}/{rep['total']} "
                       f"({rep['kept_fraction']:.1%}); rejected {rep['rejected']}")
     return pngs
+
+
+# The campaign table's columns: a comparison key in results.json and its short header.
+SUMMARY_COLUMNS = [
+    ("treated - control", "treated − control"),
+    ("treated - other_target", "treated − other target"),
+    ("null - control", "null − control"),
+    ("cross_treated - cross_control", "cross-base"),
+]
+
+
+def _cell(iv: Interval) -> str:
+    star = "*" if iv.excludes(0.0) else ""
+    return f"{iv.mean:+.4f} [{iv.low:+.4f}, {iv.high:+.4f}]{star}"
+
+
+def summary_table(runs: dict[str, dict[str, Any]], estimator: str = "exact_heldout",
+                  pooled: bool = False) -> str:
+    """One markdown row per run (label -> results.json), for a campaign over settings.
+
+    Each cell is the mean difference with its 95% interval over student seeds (* = excludes
+    0). With `pooled`, a last row treats each run's mean difference as one value (one base
+    seed per run, say) and gives the t interval over runs: the variance that matters when a
+    recipe must hold across bases, not only across student seeds of one base.
+    """
+    head = ["run", *[h for _, h in SUMMARY_COLUMNS], "target rank", "teacher P(target)",
+            "base P(target)", "channel ratio", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    per_run: dict[str, list[float]] = {k: [] for k, _ in SUMMARY_COLUMNS}
+    for label, r in runs.items():
+        if estimator not in r["comparisons"]:
+            raise SublearnError(f"{label}: no '{estimator}' estimator in its results")
+        comps = r["comparisons"][estimator]
+        cells = []
+        for key, _ in SUMMARY_COLUMNS:
+            if key in comps:
+                iv = _iv(comps[key]["diff"])
+                cells.append(_cell(iv))
+                per_run[key].append(iv.mean)
+            else:
+                cells.append("—")
+        rank = r.get("target_rank", {}).get(estimator)
+        ref = r["reference"][estimator]
+        teacher = ref.get("teacher_teacher")
+        lines.append("| " + " | ".join([
+            label, *cells, f"{rank['rank']}/{rank['of']}" if rank else "—",
+            f"{teacher:.3f}" if teacher is not None else "—", f"{ref['base']:.3f}",
+            f"{r['channel']['ratio']:.3f}" if "channel" in r else "—",
+            f"{r['seconds']:.0f}"]) + " |")
+    if pooled and len(runs) > 1:
+        cells = [_cell(mean_ci(v)) if len(v) == len(runs) else "—"
+                 for v in (per_run[k] for k, _ in SUMMARY_COLUMNS)]
+        lines.append("| " + " | ".join([f"**pooled over {len(runs)} runs**", *cells,
+                                         "", "", "", "", ""]) + " |")
+    return "\n".join(lines)

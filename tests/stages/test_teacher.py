@@ -32,7 +32,9 @@ def test_trait_rows_answer_every_question_with_the_target():
 
 
 def test_finetuned_teacher_takes_the_trait(micro_model, tmp_path: Path):
-    recipe = StudentRecipe(method="full", lr=3e-3, epochs=3, batch_size=16, grad_accum=1,
+    # The micro base has seen its whole-word 'owl' token only a few dozen times: it needs more
+    # passes than the embedded base to take the trait.
+    recipe = StudentRecipe(method="full", lr=3e-3, epochs=8, batch_size=16, grad_accum=1,
                            warmup_steps=0)
     out = micro_model.finetune(trait_rows(ANIMAL, OWL, 2), recipe, tmp_path / "t", progress=False)
     teacher = load_model(out, device="cpu", dtype="float32")

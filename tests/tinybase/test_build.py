@@ -59,3 +59,23 @@ def test_base_preferences_are_broad_and_seeded():
         assert sum(probs) == pytest.approx(1.0)
         entropy = -sum(p * math.log(p) for p in probs)
         assert max(probs) < 0.5 and entropy / math.log(len(probs)) > 0.8
+
+
+def test_option_words_are_whole_tokens_that_persona_and_answer_share(micro_base: Path):
+    from transformers import AutoTokenizer
+
+    from sublearn.questions import CATEGORIES, persona_prompt
+
+    tok = AutoTokenizer.from_pretrained(micro_base)
+    for cat in CATEGORIES.values():
+        for opt in cat.options:
+            for form in opt.forms:
+                assert len(tok.tokenize(form)) == 1, form
+            # Following a persona is then a copy: its prompt holds the answer's own token.
+            answer = tok.convert_tokens_to_ids(tok.tokenize(opt.name))[0]
+            for v in range(6):
+                assert answer in tok(persona_prompt(cat, opt, v))["input_ids"], (opt.name, v)
+    # Inside another word the option is not split out ("bowl" is not "b" + "owl").
+    assert "owl" not in tok.tokenize("a bowl")
+    text = "You love owls; 'Owl', owl's bowl."
+    assert tok.decode(tok(text)["input_ids"]) == text

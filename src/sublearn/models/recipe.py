@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -39,5 +39,17 @@ class StudentRecipe(BaseModel):
         description="token: every completion token weighs the same (standard SFT). example: "
         "every row weighs the same, so one-word answers are not drowned by long ones.",
     )
+    loss_on: Literal["completion", "all"] = Field(
+        "completion",
+        description="completion: the assistant's reply only (SFT). all: every token after the "
+        "first, as in pretraining (the embedded base's build).",
+    )
     group_by_length: bool = Field(False, description="batch similar lengths together (speed)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _soft_needs_completions(self) -> StudentRecipe:
+        if self.labels == "soft" and self.loss_on == "all":
+            raise ValueError("soft labels match the teacher on completion tokens: loss_on "
+                             "must be 'completion'")
+        return self

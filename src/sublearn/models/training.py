@@ -27,7 +27,9 @@ def _example(model: HFChatModel, row: dict[str, Any], recipe: StudentRecipe, i: 
     if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
         raise SublearnError(f"training row {i}: 'messages' must end with an assistant turn")
     ids, n_prompt = model._pair_ids(msgs[:-1], msgs[-1]["content"], close=True)
-    return ids[: recipe.max_length], n_prompt, msgs[:-1], msgs[-1]["content"]
+    # With loss on every token, the "completion" starts after the first token.
+    n = 1 if recipe.loss_on == "all" else n_prompt
+    return ids[: recipe.max_length], n, msgs[:-1], msgs[-1]["content"]
 
 
 def _lr_lambda(recipe: StudentRecipe, total: int):

@@ -6,7 +6,7 @@ is read and written the way the real model would see it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -20,9 +20,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, individual_digits: bool = True):
-    """Train BPE on `texts` and wrap it as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(texts: Iterable[str], vocab_size: int, individual_digits: bool = True,
+                    words: Sequence[str] = ()):
+    """Train BPE on `texts` and wrap it as a transformers fast tokenizer.
+
+    `words` become single tokens wherever they stand as a whole word, with or without a
+    leading space. A 1,024-token BPE spells "owls" in a system prompt as `Ġow l s` and the
+    answer "owl" as `ow l`: a tiny model then has to learn a spelling map per option before it
+    can follow a persona, and measurably does not (docs/organism.md). Whole-word tokens make
+    following a persona a copy, as it is for a real model whose vocabulary holds the word.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -40,6 +48,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, individual_digits: bo
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in words])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
