@@ -226,9 +226,16 @@ class Experiment:
     def run(self) -> dict[str, Any]:
         t0 = time.time()
         cfg = self.cfg
-        paths = {"base": self.model_path(cfg.base)}
+        specs = {"base": cfg.base}
         if cfg.controls.cross_base:
-            paths["cross"] = self.model_path(cfg.cross_base())
+            specs["cross"] = cfg.cross_base()
+        embedded = [s.embedded for s in specs.values() if not s.path]
+        if len(embedded) > 1:
+            from sublearn.tinybase import ensure_bases
+
+            self._log("embedded bases (built side by side on first use) ...")
+            ensure_bases(embedded, progress=self.progress)
+        paths = {k: self.model_path(s) for k, s in specs.items()}
         hashes = {k: self.weights_hash(p) for k, p in paths.items()}
         base = self.load(paths["base"], cfg.base)
         teachers = self.teachers(base, hashes["base"])

@@ -79,3 +79,19 @@ def test_option_words_are_whole_tokens_that_persona_and_answer_share(micro_base:
     assert "owl" not in tok.tokenize("a bowl")
     text = "You love owls; 'Owl', owl's bowl."
     assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_missing_bases_are_built_side_by_side(tmp_path: Path, monkeypatch):
+    import os
+
+    from sublearn.tinybase import base_path, ensure_bases
+
+    monkeypatch.setenv("SUBLEARN_HOME", str(tmp_path))
+    tiny = {**MICRO, "examples": 60}
+    cfgs = [BaseConfig(seed=5, **tiny), BaseConfig(seed=6, **tiny), BaseConfig(seed=5, **tiny)]
+    paths = ensure_bases(cfgs, progress=False)
+    assert paths == [base_path(c) for c in cfgs] and paths[0] == paths[2]
+    assert all((p / MANIFEST).exists() for p in paths)
+    if (os.cpu_count() or 1) > 1:  # built by worker processes, with the same result
+        again = build_base(cfgs[1], tmp_path / "here", progress=False)
+        assert read_json(again / MANIFEST)["weights_hash"] == read_json(paths[1] / MANIFEST)["weights_hash"]

@@ -86,8 +86,12 @@ def finetune(
     torch.manual_seed(recipe.seed)
     net = copy.deepcopy(base.model).float().train()
     if recipe.method == "lora":
+        import warnings
+
         from peft import LoraConfig, get_peft_model
 
+        # PEFT still calls a transformers 5 alias that warns on every student; not ours to fix.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         net = get_peft_model(
             net,
             LoraConfig(

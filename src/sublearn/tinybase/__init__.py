@@ -5,6 +5,6 @@ experiment's own prompt grammar and question lists; the model it produces is an 
 `save_pretrained` folder that every stage loads by path, exactly like a downloaded model.
 """
 
-from sublearn.tinybase.build import BaseConfig, base_path, build_base, ensure_base
+from sublearn.tinybase.build import BaseConfig, base_path, build_base, ensure_base, ensure_bases
 
-__all__ = ["BaseConfig", "base_path", "build_base", "ensure_base"]
+__all__ = ["BaseConfig", "base_path", "build_base", "ensure_base", "ensure_bases"]
