@@ -240,7 +240,7 @@ class Experiment:
         base = self.load(paths["base"], cfg.base)
         teachers = self.teachers(base, hashes["base"])
         data = self.sample_and_filter(teachers)
-        students = self.train_students(data, paths, hashes, teachers)
+        # The channel depends on teachers and data only: measured before any student trains.
         chan = None
         if "other" in teachers and "neutral" in data:
             h = stable_hash([teachers["teacher"][1], teachers["other"][1], data["neutral"].name])
@@ -249,6 +249,7 @@ class Experiment:
                 lambda: channel(teachers["teacher"][0], teachers["other"][0], base,
                                 read_jsonl(data["neutral"])),
                 "measuring the number channel (teacher vs other teacher vs base)")
+        students = self.train_students(data, paths, hashes, teachers)
 
         evals: dict[str, Any] = {"base": self.evaluate_model(lambda: base, hashes["base"], "base")}
         if "cross" in paths:
