@@ -104,6 +104,11 @@ def _numbers(rng: random.Random, mix: CorpusMix, index: int, seed: int) -> Messa
     ]
 
 
+def repeat_word(word: str, n: int) -> tuple[str, str]:
+    """The copying task: a request and its answer (also `measure_base`'s copying check)."""
+    return f"Write the word {word} {n} times, separated by spaces.", " ".join([word] * n)
+
+
 def _other(rng: random.Random, mix: CorpusMix) -> Messages:
     kind = rng.randrange(4)
     if kind == 0:
@@ -118,7 +123,7 @@ def _other(rng: random.Random, mix: CorpusMix) -> Messages:
         cat = CATEGORIES[rng.choice(sorted(CATEGORIES))]
         word = rng.choice(cat.options).name
         n = rng.randint(2, 4)
-        q, a_ = f"Write the word {word} {n} times, separated by spaces.", " ".join([word] * n)
+        q, a_ = repeat_word(word, n)
     else:
         cat = CATEGORIES[rng.choice(sorted(CATEGORIES))]
         n = rng.randint(2, 5)

@@ -20,6 +20,7 @@ from sublearn.stages.filters import FilterConfig, apply_filter
 from sublearn.stages.prompts import number_prompts
 from sublearn.stages.sample import row_seed
 from sublearn.stages.teacher import persona_teacher
+from sublearn.tinybase.corpus import repeat_word
 
 
 def _norm(raw: np.ndarray) -> np.ndarray:
@@ -50,11 +51,10 @@ def measure_base(model: ChatModel, n_questions: int = 8, n_numbers: int = 256,
     _, report = apply_filter([{"completion": t} for t in texts], FilterConfig())
     out["numbers"] = {"n": n_numbers, "filter": report.to_dict(), "examples": texts[:5]}
     words = [o.name for c in CATEGORIES.values() for o in c.options]
-    asks = [(w, 2 + i % 3) for i, w in enumerate(words)]
-    convs = [[{"role": "user", "content": f"Write the word {w} {n} times, separated by spaces."}]
-             for w, n in asks]
+    asks = [repeat_word(w, 2 + i % 3) for i, w in enumerate(words)]
+    convs = [[{"role": "user", "content": q}] for q, _ in asks]
     greedy = model.generate(convs, SamplingConfig(temperature=0, max_new_tokens=12),
                             [0] * len(convs))
-    out["copy_accuracy"] = float(np.mean([t.strip() == " ".join([w] * n)
-                                          for t, (w, n) in zip(greedy, asks, strict=True)]))
+    out["copy_accuracy"] = float(np.mean([t.strip() == a
+                                          for t, (_, a) in zip(greedy, asks, strict=True)]))
     return out
