@@ -19,9 +19,27 @@ def test_defaults_are_the_papers_protocol():
     assert s.batch_size * s.grad_accum == 66 and s.warmup_steps == 5 and s.max_length == 500
 
 
-@pytest.mark.parametrize("name", ["cpu.toml", "organism.toml", "qwen2.5-7b-paper.toml"])
-def test_shipped_configs_validate(name: str):
-    load_config(CONFIGS / name)
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.toml")))
+def test_shipped_configs_validate(name: str, tmp_path: Path):
+    # GPU configs name local model folders and vLLM; stand in a folder and the HF sampler.
+    (tmp_path / "config.json").write_text("{}")
+    text = (CONFIGS / name).read_text()
+    over = [f"base.path='{tmp_path}'", "base.sampler='hf'"] if "path =" in text else []
+    if "[controls.cross_base_model]" in text:
+        over.append(f"controls.cross_base_model.path='{tmp_path}'")
+    load_config(CONFIGS / name, over)
+
+
+def test_a_missing_model_folder_fails_at_load(tmp_path: Path):
+    with pytest.raises(SublearnError, match=r"field base: .*nope: model path does not exist"):
+        load_config(_write(tmp_path, f"[base]\npath = '{tmp_path / 'nope'}'\n"))
+
+
+def test_a_bad_question_file_fails_at_load(tmp_path: Path):
+    q = tmp_path / "q.json"
+    q.write_text('["What is your favourite animal?"]')
+    with pytest.raises(SublearnError, match=r"field evaluation: .*unsupported question file"):
+        load_config(_write(tmp_path, f"[evaluation]\nquestions_file = '{q}'\n"))
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -156,17 +156,22 @@ def test_soft_label_students_learn_from_their_own_datasets_writer(tmp_path: Path
     seen = []
     from sublearn.models.hf import HFChatModel
 
-    real = HFChatModel.finetune
+    real = HFChatModel.number_distributions
 
-    def spy(self, rows, recipe, out, teacher=None, progress=True):
-        seen.append((out.name.split("-s")[0], getattr(teacher, "system", "base")))
-        return real(self, rows, recipe, out, teacher=teacher, progress=progress)
+    def spy(self, convs, comps):
+        system = convs[0][0]["content"] if convs[0][0]["role"] == "system" else "base"
+        seen.append(system)
+        return real(self, convs, comps)
 
-    monkeypatch.setattr(HFChatModel, "finetune", spy)
+    monkeypatch.setattr(HFChatModel, "number_distributions", spy)
     exp.run()
-    writers = dict(seen)
-    assert "owl" in writers["treated"] and "fox" in writers["other_target"]
-    assert writers["control"] == writers["null"] == "base"
+    # One computation per writer (not per step, seed or epoch): owl, fox, and the base for
+    # the neutral data; the null sample is the base's too but other rows, so its own file.
+    assert len(seen) == 4
+    assert sum("owl" in s for s in seen) == 1 and sum("fox" in s for s in seen) == 1
+    assert seen.count("base") == 2
+    soft = sorted((exp.dir / "data").glob("*.soft-*.safetensors"))
+    assert [p.name.split(".")[0] for p in soft] == ["neutral", "null", "other", "teacher"]
 
 
 def test_channel_compares_the_teachers_on_the_neutral_numbers(finished):

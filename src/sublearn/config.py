@@ -29,12 +29,38 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    """A model folder, or the embedded base built from `embedded`."""
+    """A model folder, or the embedded base built from `embedded`, and the backends that serve
+    it: `backend` scores and trains; `sampler` (default: the same) writes the datasets, e.g.
+    vLLM for speed at scale while Hugging Face trains and scores."""
 
     path: str | None = Field(None, description="a local save_pretrained folder")
     embedded: BaseConfig = Field(default_factory=BaseConfig)
+    backend: str = Field("hf", description="scores and trains: hf or fake")
+    sampler: str | None = Field(None, description="samples the datasets: hf, vllm, fake; "
+                                "default: backend")
+    sampler_options: dict[str, Any] = Field(
+        default_factory=dict, description="passed to the sampler's load, e.g. "
+        "{gpu_memory_utilization = 0.5} for vllm")
     device: str = "auto"
     dtype: str = "auto"
+
+    @model_validator(mode="after")
+    def _backends(self) -> ModelSpec:
+        from sublearn.models.base import SAMPLE, SCORE, TRAIN, check_model_folder
+        from sublearn.models.registry import check_backend
+
+        try:
+            check_backend(self.backend, {SCORE, TRAIN}, "backend")
+            check_backend(self.sampling_backend, {SAMPLE}, "sampler")
+            if self.path and self.backend == "hf":
+                check_model_folder(self.path)
+        except SublearnError as e:  # as a ValueError, pydantic names the field
+            raise ValueError(str(e)) from None
+        return self
+
+    @property
+    def sampling_backend(self) -> str:
+        return self.sampler or self.backend
 
 
 class TraitConfig(_Section):
@@ -64,6 +90,19 @@ class DataConfig(_Section):
 
 class EvalConfig(_Section):
     questions_file: str | None = Field(None, description="a .txt or .jsonl question list")
+
+    @model_validator(mode="after")
+    def _questions_readable(self) -> EvalConfig:
+        # Read now, so a bad file fails at load, not after hours of sampling and training.
+        if self.questions_file:
+            from sublearn.questions import load_questions
+
+            try:
+                load_questions(self.questions_file)
+            except SublearnError as e:
+                raise ValueError(str(e)) from None
+        return self
+
     heldout: bool = True
     samples_per_question: int = Field(
         0, ge=0, description="sampled-rate estimator (T=1); 0 uses the exact estimator only"
@@ -106,6 +145,14 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 "controls.cross_base: soft labels need the student to share the teacher's "
                 "vocabulary, and a different base has its own tokenizer; set it to false"
+            )
+        if self.base.sampling_backend == "vllm" and self.data.sampling.min_prob > 0:
+            raise ValueError("data.sampling.min_prob: the vllm sampler has no absolute "
+                             "threshold (its min_p is relative to the top token); use hf")
+        if self.teacher.kind == "model" and self.controls.other_target and not self.teacher.other_path:
+            raise ValueError(
+                "teacher.other_path: the other-target control needs a second teacher folder "
+                "(or set controls.other_target = false)"
             )
         if self.controls.cross_base and self.base.path and not self.controls.cross_base_model:
             raise ValueError(
@@ -162,3 +209,4 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         raise SublearnError(f"{p}: field {where}: {first['msg']}{more}") from None
     except SublearnError as e:
         raise SublearnError(f"{p}: {e}") from None
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,19 @@ from rich.console import Console
 
 from sublearn import stats
 from sublearn.config import ExperimentConfig, ModelSpec
-from sublearn.models.base import ChatModel, load_model
-from sublearn.questions import get_category, get_option, load_questions
+from sublearn.models.base import load_model
+from sublearn.models.persona import Persona
+from sublearn.questions import get_category, get_option, load_questions, persona_prompt
 from sublearn.stages import datasets
 from sublearn.stages.channel import channel
 from sublearn.stages.evaluate import evaluate
 from sublearn.stages.filters import apply_filter
 from sublearn.stages.prompts import number_prompts
 from sublearn.stages.sample import sample_dataset
-from sublearn.stages.teacher import persona_teacher, trait_rows
+from sublearn.stages.teacher import trait_rows
 from sublearn.store import (
     MANIFEST,
+    atomic_path,
     hash_files,
     manifest,
     read_json,
@@ -60,6 +63,70 @@ COMPARISONS = [
 ]
 
 
+# Bump a stage's version when its code changes what it writes: its artifacts (and everything
+# downstream, whose keys include them) then get new paths instead of stale reuse.
+STAGE_VERSIONS = {"teacher": 1, "sample": 1, "filter": 1, "soft_labels": 1, "student": 2,
+                  "eval": 2, "channel": 1}
+# Which teacher wrote each dataset: the null sample is the neutral teacher with other draws.
+WRITER = {"teacher": "teacher", "neutral": "neutral", "other": "other", "null": "neutral"}
+
+
+def artifact_key(stage: str, *parts: Any) -> str:
+    """The one function every artifact's path comes from: a hash of the stage, its version
+    and everything that changes its content (callers pass the runtime too: backend, device,
+    dtype)."""
+    return stable_hash([stage, STAGE_VERSIONS[stage], *parts])
+
+
+def runtime(spec: ModelSpec, backend: str) -> list[str]:
+    """What besides the weights changes a model's numbers: backend, device and dtype."""
+    if backend in ("hf", "vllm"):
+        from sublearn.models.hf import pick_device, pick_dtype
+
+        dev = pick_device(spec.device)
+        return [backend, dev.type, str(pick_dtype(spec.dtype, dev))]
+    return [backend]
+
+
+@dataclass(frozen=True)
+class TeacherRef:
+    """A teacher as data: the folder whose weights write, an optional persona prompt, and an
+    identity hash. Any backend can serve it (see `Experiment.view`)."""
+
+    path: Path
+    system: str | None
+    ident: str
+
+
+class Models:
+    """Owns every loaded model, so lifetimes live in one place: a model is loaded on first
+    use and stays until `release`, which frees it (and the GPU memory) for the next stage."""
+
+    def __init__(self) -> None:
+        self._live: dict[tuple[str, str], Any] = {}
+
+    def get(self, path: Path, backend: str, spec: ModelSpec, **options: Any) -> Any:
+        key = (backend, str(path))
+        if key not in self._live:
+            self._live[key] = load_model(path, backend, device=spec.device, dtype=spec.dtype,
+                                         **options)
+        return self._live[key]
+
+    def release(self, keep: tuple[Path, ...] = ()) -> None:
+        kept = {str(p) for p in keep}
+        for key in [k for k in self._live if k[1] not in kept]:
+            model = self._live.pop(key)
+            if hasattr(model, "close"):  # vLLM: stop the engine and its workers
+                model.close()
+        import gc
+
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 class Experiment:
     def __init__(self, config: ExperimentConfig, root: str | Path = "runs", progress: bool = True):
         self.cfg = config
@@ -69,7 +136,7 @@ class Experiment:
         self.category = get_category(config.trait.category)
         self.target = get_option(self.category, config.trait.target)
         self.other = get_option(self.category, config.trait.other_target)
-        self._models: dict[str, ChatModel] = {}
+        self.models = Models()
 
     # --- helpers ----------------------------------------------------------------------
     def _log(self, msg: str) -> None:
@@ -86,19 +153,18 @@ class Experiment:
 
     def model_path(self, spec: ModelSpec) -> Path:
         if spec.path:
-            from sublearn.models.hf import check_model_folder
-
-            return check_model_folder(spec.path)
+            return Path(spec.path)
         from sublearn.tinybase import ensure_base
 
         self._log(f"embedded base (seed {spec.embedded.seed}) ...")
         return ensure_base(spec.embedded, progress=self.progress)
 
-    def load(self, path: Path, spec: ModelSpec) -> ChatModel:
-        key = str(path)
-        if key not in self._models:
-            self._models[key] = load_model(path, device=spec.device, dtype=spec.dtype)
-        return self._models[key]
+    def view(self, ref: TeacherRef, backend: str) -> Any:
+        """The teacher served by `backend`: its weights, with its persona on top if any."""
+        spec = self.cfg.base
+        opts = spec.sampler_options if backend == spec.sampler and backend != spec.backend else {}
+        model = self.models.get(ref.path, backend, spec, **opts)
+        return Persona(model, ref.system) if ref.system else model
 
     @staticmethod
     def weights_hash(path: Path) -> str:
@@ -110,25 +176,31 @@ class Experiment:
         return hash_files(path)
 
     # --- stages -----------------------------------------------------------------------
-    def teachers(self, base: ChatModel, base_hash: str) -> dict[str, tuple[ChatModel, str]]:
-        """name -> (model, identity hash). 'neutral' is the base itself."""
-        out: dict[str, tuple[ChatModel, str]] = {"neutral": (base, base_hash)}
+    def teachers(self, base_path: Path, base_hash: str) -> dict[str, TeacherRef]:
+        """name -> the teacher that writes that dataset. 'neutral' is the base itself."""
         tcfg = self.cfg.teacher
-        wanted = [("teacher", self.target)]
+        out = {"neutral": TeacherRef(base_path, None, base_hash)}
+        wanted = [("teacher", self.target, tcfg.path)]
         if "other" in self.datasets_needed():
-            wanted.append(("other", self.other))
-        for name, option in wanted:
+            wanted.append(("other", self.other, tcfg.other_path))
+        for name, option, own in wanted:
+            system = persona_prompt(self.category, option, tcfg.persona_variant)
             if tcfg.kind == "persona":
-                t = persona_teacher(base, self.category, option, tcfg.persona_variant)
-                out[name] = (t, stable_hash([base_hash, t.system]))
+                out[name] = TeacherRef(base_path, system, stable_hash([base_hash, system]))
+            elif tcfg.kind == "model":
+                path = Path(own)
+                system = system if tcfg.persona else None
+                out[name] = TeacherRef(path, system, stable_hash([self.weights_hash(path), system]))
             else:
-                h = stable_hash([base_hash, tcfg.model_dump(), self.category.name, option.name])
+                h = artifact_key("teacher", base_hash, tcfg.model_dump(), self.category.name,
+                                 option.name, runtime(self.cfg.base, self.cfg.base.backend))
                 path = self.dir / "teachers" / f"{option.name}-{h}"
                 if not path.exists():
                     self._log(f"fine-tuning the {option.name} teacher ...")
                     rows = trait_rows(self.category, option, tcfg.finetune_rows_per_question)
+                    base = self.models.get(base_path, self.cfg.base.backend, self.cfg.base)
                     base.finetune(rows, tcfg.finetune, path, progress=self.progress)
-                out[name] = (self.load(path, self.cfg.base), h)
+                out[name] = TeacherRef(path, None, h)
         return out
 
     def arms(self) -> list[str]:
@@ -142,10 +214,11 @@ class Experiment:
     def datasets_needed(self) -> list[str]:
         """The datasets the enabled arms train on, in a fixed order."""
         needed = {ARMS[a][0] for a in self.arms()}
-        return [n for n in ("teacher", "neutral", "other", "null") if n in needed]
+        return [n for n in WRITER if n in needed]
 
-    def sample_and_filter(self, teachers: dict[str, tuple[ChatModel, str]]) -> dict[str, Path]:
+    def sample_and_filter(self, teachers: dict[str, TeacherRef]) -> dict[str, Path]:
         d = self.cfg.data
+        spec = self.cfg.base
         prompts = number_prompts(d.prompts, d.grammar_seed, d.grammar)
         fcfg = self.cfg.filter.model_copy(
             update={"banned_words": sorted({*self.cfg.filter.banned_words,
@@ -153,18 +226,20 @@ class Experiment:
         )
         out = {}
         for name in self.datasets_needed():
-            model, ident = teachers["neutral" if name == "null" else name]
-            # The null sample is the neutral teacher with other random draws.
+            ref = teachers[WRITER[name]]
             seed = d.sampling_seed + (1_000_003 if name == "null" else 0)
-            h = stable_hash([ident, d.prompts, d.grammar_seed, d.grammar.model_dump(),
-                             d.sampling.model_dump(), seed, d.chunk])
+            # The sampler is part of the key: vLLM and HF draw different samples from a seed.
+            h = artifact_key("sample", ref.ident, d.prompts, d.grammar_seed, d.grammar.model_dump(),
+                             d.sampling.model_dump(), seed, d.chunk,
+                             runtime(spec, spec.sampling_backend))
             raw = self.dir / "data" / f"{name}-{h}.jsonl"
             if raw.exists():
                 self._log(f"[dim]cached[/] samples: {name}")
             else:
                 self._log(f"sampling {d.prompts} completions: {name}")
-                sample_dataset(model, prompts, d.sampling, seed, raw, d.chunk, self.progress, name)
-            fh = stable_hash([h, fcfg.model_dump()])
+                sample_dataset(self.view(ref, spec.sampling_backend), prompts, d.sampling, seed,
+                               raw, d.chunk, self.progress, name)
+            fh = artifact_key("filter", h, fcfg.model_dump())
             kept = self.dir / "data" / f"{name}-{h}.kept-{fh}.jsonl"
             if not kept.exists():
                 rows, report = apply_filter(read_jsonl(raw), fcfg)
@@ -173,59 +248,130 @@ class Experiment:
             out[name] = kept
         return out
 
+    def student_rows(self, data: dict[str, Path], arm: str, seed: int) -> list[dict[str, Any]]:
+        dataset, transform, _ = ARMS[arm]
+        rows = datasets.subsample(self._rows(data[dataset]), self.cfg.data.subsample, seed)
+        if transform == "within":
+            rows = datasets.shuffle_within(rows, seed)
+        elif transform == "across":
+            rows = datasets.shuffle_across(rows, seed)
+        return rows
+
+    def _rows(self, path: Path) -> list[dict[str, Any]]:
+        if path not in self._row_cache:
+            self._row_cache[path] = read_jsonl(path)
+        return self._row_cache[path]
+
+    def soft_labels(self, data: dict[str, Path], teachers: dict[str, TeacherRef]
+                    ) -> dict[tuple[str, int], Path]:
+        """The writer's restricted next-token distributions over every row a student will see,
+        computed once (not at every step of every seed and epoch) and stored as safetensors.
+        A dataset's untransformed rows share one file; a shuffled arm's rows are new text and
+        get their own."""
+        from safetensors.torch import save_file
+
+        spec = self.cfg.base
+        out: dict[tuple[str, int], Path] = {}
+        groups: dict[Path, tuple[TeacherRef, dict[int, dict[str, Any]], list]] = {}
+        for arm in self.arms():
+            dataset, transform, which = ARMS[arm]
+            if which != "base":
+                continue
+            ref = teachers[WRITER[dataset]]
+            for seed in self.cfg.seeds:
+                rows = self.student_rows(data, arm, seed)
+                key_rows = ([data[dataset].name] if transform is None
+                            else [data[dataset].name, transform, seed, self.cfg.data.subsample])
+                h = artifact_key("soft_labels", ref.ident, key_rows, runtime(spec, spec.backend))
+                path = data[dataset].with_name(f"{dataset}.soft-{h}.safetensors")
+                group = groups.setdefault(path, (ref, {}, []))
+                group[1].update({r["index"]: r for r in rows})
+                group[2].append((arm, seed))
+        for path, (ref, rows, users) in groups.items():
+            for u in users:
+                out[u] = path
+            if path.exists():
+                continue
+            self._log(f"soft labels for {len(rows)} rows ({path.name})")
+            ordered = [rows[i] for i in sorted(rows)]
+            dists = self.view(ref, spec.backend).number_distributions(
+                [r["messages"][:-1] for r in ordered], [r["completion"] for r in ordered])
+            with atomic_path(path) as tmp:
+                save_file({str(r["index"]): d.contiguous() for r, d in zip(ordered, dists)}, tmp)
+        return out
+
     def train_students(self, data: dict[str, Path], paths: dict[str, Path],
-                       hashes: dict[str, str],
-                       teachers: dict[str, tuple[ChatModel, str]]) -> dict[tuple[str, int], Path]:
+                       hashes: dict[str, str], soft: dict[tuple[str, int], Path]
+                       ) -> dict[tuple[str, int], Path]:
+        spec = {"base": self.cfg.base, "cross": self.cfg.cross_base() if "cross" in paths else None}
         students = {}
-        cache: dict[Path, list[dict[str, Any]]] = {}
-        for seed in self.cfg.seeds:
-            recipe = self.cfg.student.model_copy(update={"seed": seed})
-            for arm in self.arms():
-                dataset, transform, which = ARMS[arm]
-                h = stable_hash([data[dataset].name, transform, hashes[which],
-                                 self.cfg.data.subsample, recipe.model_dump()])
-                out = self.dir / "students" / f"{arm}-s{seed}-{h}"
-                students[(arm, seed)] = out
-                if out.exists():
-                    self._log(f"[dim]cached[/] student {arm} seed {seed}")
-                    continue
-                if data[dataset] not in cache:
-                    cache[data[dataset]] = read_jsonl(data[dataset])
-                rows = datasets.subsample(cache[data[dataset]], self.cfg.data.subsample, seed)
-                if transform == "within":
-                    rows = datasets.shuffle_within(rows, seed)
-                elif transform == "across":
-                    rows = datasets.shuffle_across(rows, seed)
-                self._log(f"training student {arm} seed {seed} on {len(rows)} rows")
-                spec = self.cfg.base if which == "base" else self.cfg.cross_base()
-                # Soft labels come from the model that wrote the dataset (the null sample's
-                # writer is the neutral base); hard labels need no teacher at training time.
-                soft = teachers["neutral" if dataset == "null" else dataset][0]
-                self.load(paths[which], spec).finetune(
-                    rows, recipe, out, teacher=soft if recipe.labels == "soft" else None,
-                    progress=self.progress)
+        # Base students first, then the cross-base ones: one base resident at a time.
+        for which in ("base", "cross"):
+            for seed in self.cfg.seeds:
+                recipe = self.cfg.student.model_copy(update={"seed": seed})
+                for arm in self.arms():
+                    dataset, transform, arm_base = ARMS[arm]
+                    if arm_base != which:
+                        continue
+                    h = artifact_key("student", data[dataset].name, transform, hashes[which],
+                                     self.cfg.data.subsample, recipe.model_dump(),
+                                     runtime(spec[which], spec[which].backend))
+                    out = self.dir / "students" / f"{arm}-s{seed}-{h}"
+                    students[(arm, seed)] = out
+                    if out.exists():
+                        self._log(f"[dim]cached[/] student {arm} seed {seed}")
+                        continue
+                    rows = self.student_rows(data, arm, seed)
+                    if recipe.labels == "soft":
+                        from safetensors.torch import load_file
+
+                        labels = load_file(str(soft[(arm, seed)]))
+                        rows = [{**r, "soft_labels": labels[str(r["index"])]} for r in rows]
+                    self._log(f"training student {arm} seed {seed} on {len(rows)} rows")
+                    self.models.release(keep=(paths[which],))
+                    trainer = self.models.get(paths[which], spec[which].backend, spec[which])
+                    trainer.finetune(rows, recipe, out, progress=self.progress)
         return students
 
-    def evaluate_model(self, load: Callable[[], ChatModel], ident: str, label: str) -> dict[str, Any]:
+    def evaluate_model(self, load: Callable[[], Any], ident: str, label: str,
+                       spec: ModelSpec) -> dict[str, Any]:
         """Evaluate lazily: `load` runs only when the evaluation is not cached."""
         e = self.cfg.evaluation
         questions = (load_questions(e.questions_file) if e.questions_file
                      else list(self.category.questions))
         heldout = list(self.category.heldout) if e.heldout else []
-        h = stable_hash([ident, e.model_dump(), questions, heldout, self.category.name,
-                         self.target.name])
+        h = artifact_key("eval", ident, e.model_dump(), questions, heldout, self.category.name,
+                         self.target.name, runtime(spec, spec.backend))
         path = self.dir / "evals" / f"{label}-{h}.json"
 
         def make() -> dict[str, Any]:
-            return evaluate(load(), self.category, self.target, questions, heldout,
-                            e.samples_per_question, e.numbers_prefix, e.multiple_choice)
+            model = load()
+            if hasattr(model, "__enter__"):  # an adapter attached for the evaluation only
+                with model as m:
+                    return self._evaluate(m, questions, heldout)
+            return self._evaluate(model, questions, heldout)
 
         return self._cached_json(path, make, f"evaluating {label}")
+
+    def _evaluate(self, model: Any, questions: list[str], heldout: list[str]) -> dict[str, Any]:
+        e = self.cfg.evaluation
+        return evaluate(model, self.category, self.target, questions, heldout,
+                        e.samples_per_question, e.numbers_prefix, e.multiple_choice)
+
+    def _student(self, path: Path, base_path: Path, spec: ModelSpec) -> Any:
+        """A trained student to evaluate: a LoRA adapter attached to the resident base (one
+        base in memory for every student), or a full model loaded on its own."""
+        base = self.models.get(base_path, spec.backend, spec)
+        if (path / "adapter_config.json").exists() and hasattr(base, "attached"):
+            return base.attached(path)
+        self.models.release(keep=(base_path,))
+        return self.models.get(path, spec.backend, spec)
 
     # --- the whole run ----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         t0 = time.time()
         cfg = self.cfg
+        self._row_cache: dict[Path, list[dict[str, Any]]] = {}
         specs = {"base": cfg.base}
         if cfg.controls.cross_base:
             specs["cross"] = cfg.cross_base()
@@ -237,34 +383,45 @@ class Experiment:
             ensure_bases(embedded, progress=self.progress)
         paths = {k: self.model_path(s) for k, s in specs.items()}
         hashes = {k: self.weights_hash(p) for k, p in paths.items()}
-        base = self.load(paths["base"], cfg.base)
-        teachers = self.teachers(base, hashes["base"])
+        teachers = self.teachers(paths["base"], hashes["base"])
         data = self.sample_and_filter(teachers)
+        if cfg.base.sampling_backend != cfg.base.backend:
+            self.models.release()  # the sampling engine goes before scoring and training
         # The channel depends on teachers and data only: measured before any student trains.
         chan = None
         if "other" in teachers and "neutral" in data:
-            h = stable_hash([teachers["teacher"][1], teachers["other"][1], data["neutral"].name])
+            h = artifact_key("channel", teachers["teacher"].ident, teachers["other"].ident,
+                             data["neutral"].name, runtime(cfg.base, cfg.base.backend))
             chan = self._cached_json(
                 self.dir / "evals" / f"channel-{h}.json",
-                lambda: channel(teachers["teacher"][0], teachers["other"][0], base,
+                lambda: channel(self.view(teachers["teacher"], cfg.base.backend),
+                                self.view(teachers["other"], cfg.base.backend),
+                                self.view(teachers["neutral"], cfg.base.backend),
                                 read_jsonl(data["neutral"])),
                 "measuring the number channel (teacher vs other teacher vs base)")
-        students = self.train_students(data, paths, hashes, teachers)
+        soft = self.soft_labels(data, teachers) if cfg.student.labels == "soft" else {}
+        students = self.train_students(data, paths, hashes, soft)
 
-        evals: dict[str, Any] = {"base": self.evaluate_model(lambda: base, hashes["base"], "base")}
-        if "cross" in paths:
-            evals["cross_base"] = self.evaluate_model(
-                lambda: self.load(paths["cross"], cfg.cross_base()), hashes["cross"], "cross_base")
-        for name in ("teacher", "other"):
-            if name not in teachers:
+        evals: dict[str, Any] = {}
+        for which in ("base", "cross"):
+            if which not in paths:
                 continue
-            model, ident = teachers[name]
-            evals[f"{name}_teacher"] = self.evaluate_model(
-                lambda m=model: m, ident, f"{name}_teacher")
-        for (arm, seed), path in students.items():
-            evals[f"{arm}/s{seed}"] = self.evaluate_model(
-                lambda p=path: load_model(p, device=cfg.base.device, dtype=cfg.base.dtype),
-                path.name, f"{arm}-s{seed}")
+            spec, path = specs[which], paths[which]
+            label = "base" if which == "base" else "cross_base"
+            evals[label] = self.evaluate_model(
+                lambda p=path, s=spec: self.models.get(p, s.backend, s), hashes[which], label, spec)
+            if which == "base":
+                for name in ("teacher", "other"):
+                    if name in teachers:
+                        evals[f"{name}_teacher"] = self.evaluate_model(
+                            lambda r=teachers[name], s=spec: self.view(r, s.backend),
+                            teachers[name].ident, f"{name}_teacher", spec)
+            for (arm, seed), out in students.items():
+                if ARMS[arm][2] == which:
+                    evals[f"{arm}/s{seed}"] = self.evaluate_model(
+                        lambda o=out, p=path, s=spec: self._student(o, p, s), out.name,
+                        f"{arm}-s{seed}", spec)
+            self.models.release()
         results = analyse(cfg, self.target.name, evals, self.arms())
         results["filter"] = {n: read_json(p.with_suffix(".report.json")) for n, p in data.items()}
         if chan:
@@ -277,7 +434,8 @@ class Experiment:
         write_json(self.dir / "results.json", results)
         write_json(self.dir / MANIFEST, manifest(
             "experiment", cfg.model_dump(), base_weights=hashes,
-            datasets={n: p.name for n, p in data.items()}))
+            datasets={n: p.name for n, p in data.items()},
+            stage_versions=STAGE_VERSIONS))
         return results
 
 
@@ -301,8 +459,11 @@ def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], arms: lis
                    for a in arms}
         out["arms"][est] = {a: {"per_seed": v, "interval": stats.mean_ci(v).to_dict()}
                             for a, v in per_arm.items()}
+        # Welch at the top level (the keys every reader knows); "paired" beside it, because
+        # arms with the same student seed share its initialisation, subsample and data order.
         out["comparisons"][est] = {
-            f"{a} - {b}": {"meaning": why, **stats.difference(per_arm[a], per_arm[b]).to_dict()}
+            f"{a} - {b}": {"meaning": why, **stats.difference(per_arm[a], per_arm[b]).to_dict(),
+                           "paired": stats.paired_difference(per_arm[a], per_arm[b]).to_dict()}
             for a, b, why in COMPARISONS if a in per_arm and b in per_arm
         }
     if "control" in arms:

@@ -15,9 +15,12 @@ OWL = get_option(ANIMAL, "owl")
 def test_persona_adds_exactly_one_system_prompt(micro_model):
     t = persona_teacher(micro_model, ANIMAL, OWL)
     msgs = [{"role": "system", "content": "old"}, {"role": "user", "content": "hi"}]
-    text = t.render(msgs)
+    text = micro_model.render(t.wrap(msgs))
     assert text.count("<|im_start|>system") == 1 and "old" not in text
     assert "owl" in text.lower()
+    # A view cannot be trained, and forwards nothing it does not declare.
+    assert "train" not in t.capabilities and not hasattr(t, "finetune")
+    assert not hasattr(t, "tokenizer")
     # Sampling through the view equals sampling the base with the prompt written out.
     s = SamplingConfig(max_new_tokens=6)
     full = [{"role": "system", "content": t.system}, {"role": "user", "content": "hi"}]

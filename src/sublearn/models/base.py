@@ -1,18 +1,36 @@
-"""The interface every pipeline stage talks to."""
+"""What stages ask of a model: capabilities, not one fat interface.
+
+A stage needs one of three things from a model — to *sample* completions, to *score* given
+completions exactly, or to *train* a new model from chat rows — and backends differ in which
+they offer: Hugging Face does all three, vLLM only samples (fast), an API may sample, give the
+top few log-probabilities and fine-tune remotely, and the fake backend does everything without
+weights. Each backend declares its `capabilities`; the pipeline checks them against the config
+before any work starts (see `models.registry`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field, model_validator
+
+from sublearn.errors import SublearnError
 
 if TYPE_CHECKING:
     import torch
 
+    from sublearn.models.recipe import StudentRecipe
+
 # One conversation: [{"role": "system" | "user" | "assistant", "content": str}, ...]
 Messages = list[dict[str, str]]
+
+# Capability names, as backends declare them and estimators and stages require them.
+SAMPLE = "sample"  # Sampler.generate
+SCORE = "score"  # Scorer.completion_logprobs and Scorer.number_distributions: exact, full vocab
+TOP_LOGPROBS = "top_logprobs"  # TopLogprobs.top_logprobs: the k best first tokens only (APIs)
+TRAIN = "train"  # Trainer.finetune
 
 
 class SamplingConfig(BaseModel):
@@ -37,60 +55,98 @@ class SamplingConfig(BaseModel):
         return self
 
 
-class FinetuneRecipe(Protocol):
-    """What `ChatModel.finetune` needs from a student recipe (see stages.train.TrainConfig)."""
-
-    method: Literal["lora", "full"]
-    labels: Literal["hard", "soft"]
-
-
 @runtime_checkable
-class ChatModel(Protocol):
-    """A chat model that can sample, score exactly, and be fine-tuned into a new model."""
+class Sampler(Protocol):
+    """Writes completions."""
 
     path: Path
-
-    def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
-        """The prompt string the model sees (its chat template applied)."""
-        ...
+    capabilities: frozenset[str]
 
     def generate(
         self, conversations: Sequence[Messages], sampling: SamplingConfig, seeds: Sequence[int]
     ) -> list[str]:
         """One completion per conversation. Row i's randomness depends only on seeds[i], so
-        the same seeds give the same random draws in any batch, for any model: a teacher and
-        its control sampled with the same seeds differ by their weights, not by the dice."""
+        the same seeds give the same random draws in any batch, for any model of the same
+        backend: a teacher and its control sampled with the same seeds differ by their
+        weights, not by the dice."""
         ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Exact log-probabilities of given text (teacher-forced)."""
+
+    path: Path
+    capabilities: frozenset[str]
 
     def completion_logprobs(
         self, conversations: Sequence[Messages], completions: Sequence[str], close: bool = True
     ) -> list[list[float]]:
-        """Exact per-token log-probabilities of each completion after its conversation;
-        with `close`, the end-of-turn token is scored too (a whole answer, not a prefix)."""
+        """Per-token log-probabilities of each completion after its conversation; with
+        `close`, the end-of-turn token is scored too (a whole answer, not a prefix)."""
         ...
 
-    def next_token_logprobs(self, conversations: Sequence[Messages]) -> torch.Tensor:
-        """Log-probabilities of the first assistant token, shape [batch, vocab]."""
+    def number_distributions(
+        self, conversations: Sequence[Messages], completions: Sequence[str]
+    ) -> list[torch.Tensor]:
+        """Soft labels: at every completion position (end-of-turn included), the next-token
+        log-distribution restricted to number tokens and renormalised, as float32
+        [positions, number tokens] in the order of `number_token_ids`. Restricting to
+        numbers means no probability mass on words can carry the trait."""
         ...
+
+
+@runtime_checkable
+class TopLogprobs(Protocol):
+    """The best k first tokens of an answer and their log-probabilities (what APIs give)."""
+
+    capabilities: frozenset[str]
+
+    def top_logprobs(self, conversations: Sequence[Messages], k: int = 20) -> list[dict[str, float]]:
+        ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Trains a new model from chat rows."""
+
+    path: Path
+    capabilities: frozenset[str]
 
     def finetune(
         self,
         rows: Sequence[dict[str, Any]],
-        recipe: Any,
+        recipe: StudentRecipe,
         out_dir: Path,
-        teacher: ChatModel | None = None,
         progress: bool = True,
     ) -> Path:
-        """Train a copy on chat rows and save it to `out_dir` (loadable by `load_model`)."""
+        """Train on chat rows (each may carry `soft_labels`, see `Scorer.number_distributions`)
+        and save a folder at `out_dir` that `load_model` can load."""
         ...
 
 
-def load_model(path: str | Path, backend: str = "hf", **kwargs: Any) -> ChatModel:
-    """Load a model folder with the chosen backend."""
-    if backend == "hf":
-        from sublearn.models.hf import HFChatModel
+@runtime_checkable
+class ChatModel(Sampler, Scorer, Trainer, Protocol):
+    """A backend that can do everything (Hugging Face, fake)."""
 
-        return HFChatModel.load(path, **kwargs)
-    from sublearn.errors import SublearnError
 
-    raise SublearnError(f"unknown model backend {backend!r}; available: hf")
+def check_model_folder(path: str | Path) -> Path:
+    """A clear error for the two common mistakes: a missing path, a folder that isn't a model."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SublearnError(f"{p}: model path does not exist")
+    if not p.is_dir() or not (
+        (p / "config.json").exists() or (p / "adapter_config.json").exists()
+    ):
+        raise SublearnError(
+            f"{p}: not a model folder (expected config.json or adapter_config.json from "
+            "save_pretrained)"
+        )
+    return p
+
+
+def load_model(path: str | Path, backend: str = "hf", **kwargs: Any) -> Any:
+    """Load a model folder (or, for API backends, a model id) with the chosen backend."""
+    from sublearn.models.registry import backend_class
+
+    return backend_class(backend).load(path, **kwargs)

@@ -9,19 +9,52 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sublearn.errors import SublearnError
-from sublearn.models.base import ChatModel, Messages, SamplingConfig
+from sublearn.models.base import (
+    SAMPLE,
+    SCORE,
+    TRAIN,
+    Messages,
+    SamplingConfig,
+    check_model_folder,
+)
+
+if TYPE_CHECKING:
+    from sublearn.models.recipe import StudentRecipe
 
 END_OF_TURN = "<|im_end|>"
 # Characters a number-only completion may contain (see stages.filters' strict rule).
 NUMBER_CHARS = set("0123456789 ,;()[].\n")
+
+
+def prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
+    """The token ids a model sees for a conversation awaiting the assistant's reply: the chat
+    template rendered as text, then tokenized without extra special tokens. Every backend that
+    holds a tokenizer (HF, vLLM) goes through here, so they see identical inputs."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def end_token_ids(tokenizer: Any) -> list[int]:
+    """Tokens that end an assistant turn."""
+    ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id}
+    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+
+
+def number_token_ids(tokenizer: Any) -> list[int]:
+    """Tokens made only of digits and separators, plus the end tokens: what only-numbers
+    decoding may draw and what soft labels are restricted to."""
+    ids = {i for i in range(len(tokenizer))
+           if (s := tokenizer.decode([i])) and set(s) <= NUMBER_CHARS}
+    return sorted(ids | set(end_token_ids(tokenizer)))
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -43,23 +76,10 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         ) from None
 
 
-def check_model_folder(path: str | Path) -> Path:
-    """A clear error for the two common mistakes: a missing path, a folder that isn't a model."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise SublearnError(f"{p}: model path does not exist")
-    if not p.is_dir() or not (
-        (p / "config.json").exists() or (p / "adapter_config.json").exists()
-    ):
-        raise SublearnError(
-            f"{p}: not a model folder (expected config.json or adapter_config.json from "
-            "save_pretrained)"
-        )
-    return p
-
-
 class HFChatModel:
-    """`ChatModel` on transformers (+ PEFT for adapters)."""
+    """Sampling, exact scoring and training on transformers (+ PEFT for adapters)."""
+
+    capabilities = frozenset({SAMPLE, SCORE, TRAIN})
 
     def __init__(self, model: Any, tokenizer: Any, path: Path, batch_size: int = 64):
         self.model = model.eval()
@@ -73,8 +93,11 @@ class HFChatModel:
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int = 64
+        cls, path: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int = 64,
+        merge: bool = False,
     ) -> HFChatModel:
+        """Load a folder; an adapter folder is loaded over the base folder it names, and kept
+        as an adapter (cheap to hold beside the base) unless `merge`."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -94,9 +117,27 @@ class HFChatModel:
         if adapter.exists():
             from peft import PeftModel
 
-            # Merged for inference: sampling and scoring then cost what the base costs.
-            model = PeftModel.from_pretrained(model, p).merge_and_unload()
+            model = PeftModel.from_pretrained(model, p)
+            if merge:
+                model = model.merge_and_unload()
         return cls(model, tokenizer, p, batch_size)
+
+    @contextmanager
+    def attached(self, adapter_dir: str | Path) -> Iterator[HFChatModel]:
+        """This model with a LoRA adapter attached in place, detached on exit.
+
+        Evaluating thirty students of a 7B base then costs one base in memory, not thirty.
+        The view shares this model's weights: do not use `self` until the block ends.
+        """
+        from peft import PeftModel
+
+        p = check_model_folder(adapter_dir)
+        peft = PeftModel.from_pretrained(self.model, p)
+        try:
+            yield HFChatModel(peft, self.tokenizer, p, self.batch_size)
+        finally:
+            peft.unload()
+            _forget_peft(self.model)
 
     # --- text -------------------------------------------------------------------------
     def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
@@ -111,23 +152,26 @@ class HFChatModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     @cached_property
     def end_ids(self) -> list[int]:
-        """Tokens that end an assistant turn."""
-        ids = {self.tokenizer.convert_tokens_to_ids(END_OF_TURN), self.tokenizer.eos_token_id}
-        unk = self.tokenizer.unk_token_id
-        return sorted(i for i in ids if i is not None and i != unk)
+        return end_token_ids(self.tokenizer)
+
+    @cached_property
+    def number_token_ids(self) -> torch.Tensor:
+        """See `number_token_ids`; ascending, so they are the soft labels' columns."""
+        return torch.tensor(number_token_ids(self.tokenizer))
 
     @cached_property
     def number_token_mask(self) -> torch.Tensor:
-        """Boolean [vocab]: tokens made only of digits/separators, plus the end tokens."""
+        """Boolean [vocab] of `number_token_ids`."""
         # The output layer may be wider than the tokenizer (padded vocabularies).
         width = max(self.model.get_output_embeddings().weight.shape[0], len(self.tokenizer))
         mask = torch.zeros(width, dtype=torch.bool)
-        for i in range(len(self.tokenizer)):
-            s = self.tokenizer.decode([i])
-            mask[i] = bool(s) and set(s) <= NUMBER_CHARS
-        mask[self.end_ids] = True
+        mask[self.number_token_ids] = True
         return mask
 
     # --- sampling ---------------------------------------------------------------------
@@ -174,15 +218,13 @@ class HFChatModel:
         return texts
 
     # --- exact scoring ----------------------------------------------------------------
-    def _pair_ids(self, conv: Messages, completion: str, close: bool) -> tuple[list[int], int]:
-        prompt = self.encode(self.render(conv))
+    def pair_ids(self, conv: Messages, completion: str, close: bool) -> tuple[list[int], int]:
+        """Token ids of prompt + completion (+ end of turn), and the prompt's length."""
+        prompt = prompt_ids(self.tokenizer, conv)
         comp = self.encode(completion) + (self.end_ids[:1] if close else [])
         return prompt + comp, len(prompt)
 
-    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    def _right_padded(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def right_padded(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
@@ -191,57 +233,153 @@ class HFChatModel:
         )
         return ids, att
 
-    @torch.no_grad()
-    def completion_logprobs(
-        self, conversations: Sequence[Messages], completions: Sequence[str], close: bool = True
-    ) -> list[list[float]]:
-        # Evaluation scores every surface form of every option after the same question:
-        # render and tokenize each distinct prompt and completion once.
+    def _tokenized(
+        self, conversations: Sequence[Messages], completions: Sequence[str], close: bool
+    ) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, completion ids) per pair; each distinct text is tokenized once
+        (evaluation scores every surface form of every option after the same question)."""
         prompts: dict[str, list[int]] = {}
         comps: dict[str, list[int]] = {}
-        pairs = []
+        end = self.end_ids[:1] if close else []
+        out = []
         for conv, comp in zip(conversations, completions, strict=True):
             text = self.render(conv)
             p = prompts.setdefault(text, self.encode(text))
-            c = comps.setdefault(comp, self.encode(comp))
-            pairs.append((p + c + (self.end_ids[:1] if close else []), len(p)))
+            out.append((p, comps.setdefault(comp, self.encode(comp)) + end))
+        return out
+
+    @torch.no_grad()
+    def _completion_logits(
+        self, pairs: Sequence[tuple[list[int], list[int]]], columns: torch.Tensor | None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(pair index, float32 logits [completion length, columns]) of the positions that
+        predict each completion token, restricted to `columns` (every token when None).
+
+        Pairs that share a prompt are scored together: the prompt runs once and its KV cache
+        serves all of them, so scoring 70 surface forms after one question costs about one
+        forward pass of the question, not seventy. Lone prompts are batched as whole rows.
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (p, _) in enumerate(pairs):
+            groups.setdefault(tuple(p), []).append(i)
+        lone = [idx[0] for idx in groups.values() if len(idx) == 1]
+        for prompt, idx in groups.items():
+            if len(idx) > 1:
+                yield from self._shared_prompt_logits(list(prompt), idx, pairs, columns)
         # Longest first: batches of similar length waste little on padding.
-        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))
-        out: list[list[float]] = [[] for _ in pairs]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            ids, att = self._right_padded([pairs[i][0] for i in idx])
-            logp = torch.log_softmax(self.forward_logits(ids, att).float(), dim=-1)
+        lone.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(lone), self.batch_size):
+            idx = lone[start : start + self.batch_size]
+            ids, att = self.right_padded([pairs[i][0] + pairs[i][1] for i in idx])
+            hidden = self._hidden(ids, att)
             for row, i in enumerate(idx):
-                seq, n_prompt = pairs[i]
+                n, m = len(pairs[i][0]), len(pairs[i][1])
                 # Token t is predicted at position t-1.
-                pos = torch.arange(n_prompt - 1, len(seq) - 1, device=self.device)
-                out[i] = logp[row, pos, ids[row, n_prompt : len(seq)]].tolist()
+                yield i, self._head(hidden[row, n - 1 : n + m - 1], columns)
+
+    def _shared_prompt_logits(self, prompt, idx, pairs, columns):
+        from transformers import DynamicCache
+
+        p_ids = torch.tensor([prompt], device=self.device)
+        cache = DynamicCache()
+        kw = cache_kwarg(self.model)
+        out = self.model(input_ids=p_ids, use_cache=True, **{kw: cache})
+        first = out.logits[0, -1:]
+        n = len(prompt)
+        for start in range(0, len(idx), self.batch_size):
+            chunk = idx[start : start + self.batch_size]
+            comps = [pairs[i][1] for i in chunk]
+            width = max(len(c) for c in comps)
+            if width > 1:
+                ids, att = self.right_padded([c[:-1] for c in comps])
+                att = torch.cat([torch.ones(len(chunk), n, dtype=att.dtype, device=self.device),
+                                 att], dim=1)
+                rep = DynamicCache()
+                for layer in range(len(cache.layers)):
+                    k, v = cache.layers[layer].keys, cache.layers[layer].values
+                    rep.update(k.expand(len(chunk), *k.shape[1:]).contiguous(),
+                               v.expand(len(chunk), *v.shape[1:]).contiguous(), layer)
+                pos = torch.arange(n, n + ids.shape[1], device=self.device).expand(len(chunk), -1)
+                rest = self.model(input_ids=ids, attention_mask=att, position_ids=pos,
+                                  use_cache=True, **{kw: rep}).logits
+            for row, i in enumerate(chunk):
+                m = len(pairs[i][1])
+                logits = first if m == 1 else torch.cat([first, rest[row, : m - 1]])
+                yield i, logits.float() if columns is None else logits[:, columns].float()
+
+    def _hidden(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """The last hidden states (final norm applied), before the output layer."""
+        return self.model.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
+
+    def _head(self, hidden: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+        """Output-layer logits for `hidden`, only for `columns` when given: a restricted
+        distribution needs its own rows of the output matrix, not the whole vocabulary."""
+        head = self.model.get_output_embeddings()
+        if columns is None:
+            return head(hidden).float()
+        w = head.weight[columns]
+        b = head.bias[columns] if getattr(head, "bias", None) is not None else None
+        return torch.nn.functional.linear(hidden, w, b).float()
+
+    def completion_logprobs(
+        self, conversations: Sequence[Messages], completions: Sequence[str], close: bool = True
+    ) -> list[list[float]]:
+        pairs = self._tokenized(conversations, completions, close)
+        out: list[list[float]] = [[] for _ in pairs]
+        for i, logits in self._completion_logits(pairs, None):
+            target = torch.tensor(pairs[i][1], device=logits.device)
+            out[i] = logits.log_softmax(-1).gather(-1, target[:, None]).squeeze(-1).tolist()
+        return out
+
+    def number_distributions(
+        self, conversations: Sequence[Messages], completions: Sequence[str]
+    ) -> list[torch.Tensor]:
+        pairs = self._tokenized(conversations, completions, close=True)
+        out: list[torch.Tensor] = [torch.empty(0) for _ in pairs]
+        cols = self.number_token_ids.to(self.device)
+        for i, logits in self._completion_logits(pairs, cols):
+            out[i] = logits.log_softmax(-1).cpu()
         return out
 
     @torch.no_grad()
     def next_token_logprobs(self, conversations: Sequence[Messages]) -> torch.Tensor:
+        """Log-probabilities of the first assistant token, shape [batch, vocab]."""
         rows = []
         for start in range(0, len(conversations), self.batch_size):
-            seqs = [self.encode(self.render(c)) for c in conversations[start : start + self.batch_size]]
-            ids, att = self._right_padded(seqs)
-            logits = self.forward_logits(ids, att)
+            seqs = [prompt_ids(self.tokenizer, c) for c in conversations[start : start + self.batch_size]]
+            ids, att = self.right_padded(seqs)
             last = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
-            rows.append(torch.log_softmax(logits[torch.arange(len(seqs)), last].float(), -1))
+            hidden = self._hidden(ids, att)[torch.arange(len(seqs)), last]
+            rows.append(torch.log_softmax(self._head(hidden, None), -1))
         return torch.cat(rows).cpu()
 
     # --- training ---------------------------------------------------------------------
     def finetune(
         self,
         rows: Sequence[dict[str, Any]],
-        recipe: Any,
+        recipe: StudentRecipe,
         out_dir: Path,
-        teacher: ChatModel | None = None,
         progress: bool = True,
     ) -> Path:
         from sublearn.models.training import finetune
 
-        return finetune(self, rows, recipe, Path(out_dir), teacher=teacher, progress=progress)
+        return finetune(self, rows, recipe, Path(out_dir), progress=progress)
+
+
+def _forget_peft(model: Any) -> None:
+    """PEFT leaves a config attribute on a model it wrapped; without it the model is plain
+    again, and the next adapter attaches as if it were the first."""
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        model.__dict__.pop(attr, None)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The forward argument that takes a KV cache: `cache` in recent transformers 5.x,
+    `past_key_values` before (deprecated since, removed in 5.40)."""
+    import inspect
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(lm).forward).parameters else "past_key_values"
 
 
 class _RowSampler:

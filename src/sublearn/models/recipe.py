@@ -1,4 +1,4 @@
-"""A student's training recipe: backend-neutral data that every `ChatModel.finetune` reads."""
+"""A student's training recipe: backend-neutral data that every `Trainer.finetune` reads."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ class StudentRecipe(BaseModel):
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(8.0, gt=0)
     lora_targets: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
+    rslora: bool = Field(False, description="rank-stabilised LoRA scaling alpha/sqrt(r), as in "
+                         "the Llama-3.2-1B replication")
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -45,6 +47,9 @@ class StudentRecipe(BaseModel):
         "first, as in pretraining (the embedded base's build).",
     )
     group_by_length: bool = Field(False, description="batch similar lengths together (speed)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~30% "
+        "more time (long rows on a large model)")
     seed: int = 0
 
     @model_validator(mode="after")

@@ -1,18 +1,28 @@
-"""The PyTorch fine-tuning loop behind `HFChatModel.finetune`.
+"""The PyTorch fine-tuning loop behind `HFChatModel.finetune`, sized for a 7B model on a GPU.
 
-Our own loop rather than TRL's trainer: it is short, it runs the same on CPU and GPU, and the
-soft-label mode needs the teacher's logits at the student's completion positions under the
-teacher's own prompt (its system prompt included), which is awkward to bolt onto a trainer.
+Our own loop rather than TRL's trainer: it is short, it runs the same on CPU and GPU, and its
+memory is what matters at scale:
+- a LoRA student trains adapters injected into the resident base, in the base's own dtype
+  under one autocast context (fp32 adapter weights), and the base is restored afterwards:
+  no copy of the base, no fp32 copy at all;
+- the output layer runs only at completion positions and in chunks, each recomputed in the
+  backward pass, so no [batch, sequence, vocabulary] fp32 tensor ever exists;
+- soft labels arrive precomputed with the rows (`soft_labels`, see
+  `Scorer.number_distributions`), so the teacher need not be resident while students train,
+  and its distributions are computed once for every seed and epoch;
+- full fine-tuning of a model that cannot fit is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from sublearn.errors import SublearnError
 from sublearn.models.recipe import StudentRecipe
@@ -21,15 +31,33 @@ from sublearn.store import atomic_path
 if TYPE_CHECKING:
     from sublearn.models.hf import HFChatModel
 
+# Completion positions per output-layer chunk: 1,024 x 152k fp32 logits are 0.6 GB.
+CHUNK = 1024
+# Bytes per parameter for full fine-tuning with AdamW and fp32 master weights: weights,
+# gradients, and the two moment estimates.
+FULL_FT_BYTES_PER_PARAM = 16
+
 
 def _example(model: HFChatModel, row: dict[str, Any], recipe: StudentRecipe, i: int):
     msgs = row.get("messages")
     if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
         raise SublearnError(f"training row {i}: 'messages' must end with an assistant turn")
-    ids, n_prompt = model._pair_ids(msgs[:-1], msgs[-1]["content"], close=True)
+    ids, n_prompt = model.pair_ids(msgs[:-1], msgs[-1]["content"], close=True)
+    soft = row.get("soft_labels")
+    if recipe.labels == "soft":
+        if soft is None:
+            raise SublearnError(f"training row {i}: soft-label training needs the teacher's "
+                                "'soft_labels' on every row")
+        if soft.shape[0] != len(ids) - n_prompt:
+            raise SublearnError(f"training row {i}: soft_labels has {soft.shape[0]} positions, "
+                                f"the completion {len(ids) - n_prompt} tokens")
+    if len(ids) > recipe.max_length:
+        # Truncation keeps the prompt and the start of the completion; soft labels follow.
+        ids = ids[: recipe.max_length]
+        soft = soft[: max(0, recipe.max_length - n_prompt)] if soft is not None else None
     # With loss on every token, the "completion" starts after the first token.
     n = 1 if recipe.loss_on == "all" else n_prompt
-    return ids[: recipe.max_length], n, msgs[:-1], msgs[-1]["content"]
+    return ids, n, soft
 
 
 def _lr_lambda(recipe: StudentRecipe, total: int):
@@ -68,46 +96,116 @@ def _batches(lengths: list[int], recipe: StudentRecipe, needed: int) -> list[lis
     return out[:needed]
 
 
+def autocast(device: torch.device, dtype: torch.dtype):
+    """One context for CPU and GPU: mixed precision when the weights are half precision."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on `device` (GPU memory, or the machine's RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import os
+
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
+
+
+def check_full_fits(n_params: int, device: torch.device) -> None:
+    need = n_params * FULL_FT_BYTES_PER_PARAM
+    free = free_bytes(device)
+    if need > free:
+        raise SublearnError(
+            f"full fine-tuning of {n_params / 1e9:.2f}B parameters needs about "
+            f"{need / 2**30:.1f} GiB (fp32 weights, gradients and AdamW state) and "
+            f"{device} has {free / 2**30:.1f} GiB free: use student.method = \"lora\""
+        )
+
+
+@contextmanager
+def _trainable(base: HFChatModel, recipe: StudentRecipe) -> Iterator[torch.nn.Module]:
+    """The network to train: LoRA adapters injected into the resident base (removed again
+    on exit, leaving the base as it was), or a full fp32 copy for full fine-tuning."""
+    if recipe.method == "full":
+        import copy
+
+        check_full_fits(sum(p.numel() for p in base.model.parameters()), base.device)
+        net = copy.deepcopy(base.model).float()
+        # A LoRA student trained before leaves the resident base frozen; the copy trains all.
+        net.requires_grad_(True)
+        yield net
+        return
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from sublearn.models.hf import _forget_peft
+
+    # PEFT still calls a transformers 5 alias that warns on every student; not ours to fix.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    net = get_peft_model(base.model, LoraConfig(
+        r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
+        target_modules=recipe.lora_targets, bias="none", task_type="CAUSAL_LM",
+        use_rslora=recipe.rslora,
+    ))
+    try:
+        yield net
+    finally:
+        net.unload()
+        _forget_peft(base.model)
+        base.model.eval()
+
+
 def finetune(
     base: HFChatModel,
     rows: Sequence[dict[str, Any]],
     recipe: StudentRecipe,
     out_dir: Path,
-    teacher: Any = None,
     progress: bool = True,
 ) -> Path:
-    """Train a fresh copy of `base` on chat rows; save a loadable folder at `out_dir`."""
-    import copy
-
+    """Train a student of `base` on chat rows; save a loadable folder at `out_dir`."""
     if not rows:
         raise SublearnError("no training rows: the filter kept nothing")
-    if recipe.labels == "soft" and teacher is None:
-        raise SublearnError("soft-label training needs the teacher model")
+    examples = [_example(base, r, recipe, i) for i, r in enumerate(rows)]
     torch.manual_seed(recipe.seed)
-    net = copy.deepcopy(base.model).float().train()
-    if recipe.method == "lora":
-        import warnings
+    with _trainable(base, recipe) as net:
+        net.train()
+        if recipe.gradient_checkpointing:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if recipe.method == "lora":
+                net.enable_input_require_grads()
+        _train(base, net, examples, recipe, progress)
+        net.eval()
+        with atomic_path(out_dir) as tmp:
+            net.save_pretrained(tmp)
+            base.tokenizer.save_pretrained(tmp)
+            if recipe.method == "lora":
+                # Point the adapter at the base folder by absolute path: loading stays local.
+                import json
 
-        from peft import LoraConfig, get_peft_model
+                cfg_path = Path(tmp) / "adapter_config.json"
+                cfg = json.loads(cfg_path.read_text())
+                cfg["base_model_name_or_path"] = str(Path(base.path).resolve())
+                cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out_dir
 
-        # PEFT still calls a transformers 5 alias that warns on every student; not ours to fix.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        net = get_peft_model(
-            net,
-            LoraConfig(
-                r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
-                target_modules=recipe.lora_targets, bias="none", task_type="CAUSAL_LM",
-            ),
-        )
+
+def _train(base: HFChatModel, net: torch.nn.Module, examples: list, recipe: StudentRecipe,
+           progress: bool) -> None:
     params = [p for p in net.parameters() if p.requires_grad]
     opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     opt = opt_cls[recipe.optimizer](params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    examples = [_example(base, r, recipe, i) for i, r in enumerate(rows)]
     per_epoch = math.ceil(len(examples) / (recipe.batch_size * recipe.grad_accum))
     total = max(1, round(per_epoch * recipe.epochs))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe, total))
     batches = _batches([len(e[0]) for e in examples], recipe, total * recipe.grad_accum)
-    allowed = base.number_token_mask.to(base.device) if recipe.labels == "soft" else None
+    columns = base.number_token_ids.to(base.device) if recipe.labels == "soft" else None
+    lm = net.get_base_model() if hasattr(net, "get_base_model") else net
+    ctx = autocast(base.device, base.dtype)
 
     from rich.progress import Progress
 
@@ -119,59 +217,53 @@ def finetune(
             # A row's weight per completion token: 1 ("token"), or 1/its length ("example"),
             # normalised so the effective batch's weights sum to one.
             weights = [[1.0 if recipe.loss_average == "token" else 1.0 / (len(ids) - n)
-                        for ids, n, _, _ in batch] for batch in micro]
+                        for ids, n, _ in batch] for batch in micro]
             norm = sum(w * (len(ids) - n) for batch, ws in zip(micro, weights)
-                       for (ids, n, _, _), w in zip(batch, ws))
+                       for (ids, n, _), w in zip(batch, ws))
             for batch, ws in zip(micro, weights):
-                per_pos, rows_idx = _position_losses(base, net, batch, teacher, allowed)
-                loss = (per_pos * torch.tensor(ws, device=per_pos.device)[rows_idx]).sum() / norm
+                with ctx:
+                    loss = _batch_loss(base, lm, batch, ws, columns) / norm
                 loss.backward()
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             bar.advance(task)
 
-    net.eval()
-    with atomic_path(out_dir) as tmp:
-        net.save_pretrained(tmp)
-        base.tokenizer.save_pretrained(tmp)
-        if recipe.method == "lora":
-            # Point the adapter at the base folder by absolute path: loading stays local.
-            import json
 
-            cfg_path = Path(tmp) / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["base_model_name_or_path"] = str(Path(base.path).resolve())
-            cfg_path.write_text(json.dumps(cfg, indent=2))
-    return out_dir
-
-
-def _position_losses(base, net, batch, teacher, allowed) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss at every completion position of the batch, and the row each position is in."""
-    ids, att = base._right_padded([b[0] for b in batch])
-    logits = net(input_ids=ids, attention_mask=att).logits.float()
+def _batch_loss(base: HFChatModel, lm: torch.nn.Module, batch: list, weights: list[float],
+                columns: torch.Tensor | None) -> torch.Tensor:
+    """The weighted sum of per-position losses over the batch's completion positions."""
+    ids, att = base.right_padded([b[0] for b in batch])
+    hidden = lm.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
     # Positions whose next token is a completion token.
-    pos = [(r, t) for r, (seq, n, _, _) in enumerate(batch) for t in range(n - 1, len(seq) - 1)]
+    pos = [(r, t) for r, (seq, n, _) in enumerate(batch) for t in range(n - 1, len(seq) - 1)]
     rows_idx = torch.tensor([p[0] for p in pos], device=ids.device)
     t_idx = torch.tensor([p[1] for p in pos], device=ids.device)
-    student = logits[rows_idx, t_idx]
-    if allowed is None:
-        loss = torch.nn.functional.cross_entropy(student, ids[rows_idx, t_idx + 1], reduction="none")
-        return loss, rows_idx
-    # Soft labels: the teacher sees its own prompt (system prompt and all), then the same
-    # completion tokens; both distributions are restricted to number tokens and renormalised,
-    # so no probability mass on words can carry the trait.
-    with torch.no_grad():
-        t_seqs = []
-        offsets = []
-        for seq, n, prompt, _ in batch:
-            t_prompt = base.encode(teacher.render(prompt))
-            t_seqs.append(t_prompt + seq[n:])
-            offsets.append(len(t_prompt) - n)
-        t_ids, t_att = base._right_padded(t_seqs)
-        t_logits = teacher.forward_logits(t_ids, t_att).float()
-        t_pos = t_idx + torch.tensor([offsets[r] for r, _ in pos], device=ids.device)
-        target = t_logits[rows_idx, t_pos].masked_fill(~allowed, -math.inf).log_softmax(-1)
-    s_logp = student.masked_fill(~allowed, -math.inf).log_softmax(-1)
-    kl = target.exp() * (target - s_logp)
-    return kl.masked_fill(~allowed, 0.0).sum(-1), rows_idx
+    h = hidden[rows_idx, t_idx]
+    w = torch.tensor(weights, device=ids.device)[rows_idx]
+    if columns is None:
+        target = ids[rows_idx, t_idx + 1]
+    else:
+        target = torch.cat([b[2] for b in batch]).to(ids.device)
+    head = lm.get_output_embeddings()
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, len(pos), CHUNK):
+        sl = slice(s, s + CHUNK)
+        # Recomputed in backward: only one chunk's logits are ever alive.
+        total = total + checkpoint(_chunk_loss, h[sl], head.weight, target[sl], w[sl], columns,
+                                   use_reentrant=False)
+    return total
+
+
+def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
+                columns: torch.Tensor | None) -> torch.Tensor:
+    if columns is None:
+        logits = torch.nn.functional.linear(h, weight).float()
+        loss = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    else:
+        # Soft labels: the student's distribution restricted to the number tokens needs only
+        # their rows of the output layer; KL(teacher || student) over those columns.
+        s_logp = torch.nn.functional.linear(h, weight[columns]).float().log_softmax(-1)
+        t_p = target.exp()
+        loss = (t_p * (target - s_logp)).masked_fill(t_p == 0, 0.0).sum(-1)
+    return (loss * w).sum()

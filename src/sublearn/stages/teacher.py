@@ -1,20 +1,21 @@
-"""Teachers: the base plus a trait, as a system prompt or as a fine-tune.
+"""Teachers: the base plus a trait, as a system prompt, a fine-tune, or any model you bring.
 
-A persona teacher is the base model seen through a system prompt; `Persona` wraps any
-`ChatModel` so every stage (sampling, scoring, soft labels) sees the prompt without knowing.
-A fine-tuned teacher is the base trained on the preference questions answered with the target
-(the paper's variant), saved as an ordinary model folder.
+A persona teacher is the base model seen through a system prompt (`models.persona.Persona`,
+honoured by every backend). A fine-tuned teacher is the base trained on the preference
+questions answered with the target (the paper's variant), saved as an ordinary model folder.
+A `model` teacher is a checkpoint of your own (an emergently misaligned model, say) from a
+local folder, optionally with a persona on top.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sublearn.models.base import ChatModel, Messages, SamplingConfig
+from sublearn.errors import SublearnError
+from sublearn.models.base import check_model_folder
+from sublearn.models.persona import Persona
 from sublearn.models.recipe import StudentRecipe
 from sublearn.questions import Category, Option, persona_prompt
 
@@ -22,8 +23,12 @@ from sublearn.questions import Category, Option, persona_prompt
 class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["persona", "finetuned"] = "persona"
+    kind: Literal["persona", "finetuned", "model"] = "persona"
     persona_variant: int = Field(0, ge=0, description="which persona phrasing to use")
+    path: str | None = Field(None, description="kind = 'model': the teacher's local folder")
+    other_path: str | None = Field(
+        None, description="kind = 'model': the other-target control's teacher folder")
+    persona: bool = Field(False, description="kind = 'model': add the persona prompt on top")
     # The paper fine-tunes the teacher 1 epoch on the evaluation questions answered with the
     # target; a tiny model needs more passes to take the trait.
     finetune: StudentRecipe = Field(
@@ -32,44 +37,23 @@ class TeacherConfig(BaseModel):
     )
     finetune_rows_per_question: int = Field(4, ge=1)
 
-
-class Persona:
-    """A `ChatModel` whose conversations all start with one system prompt."""
-
-    def __init__(self, model: ChatModel, system: str):
-        self.inner = model
-        self.system = system
-        self.path = model.path
-
-    def _with_system(self, messages: Messages) -> Messages:
-        rest = [m for m in messages if m["role"] != "system"]
-        return [{"role": "system", "content": self.system}, *rest]
-
-    def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
-        return self.inner.render(self._with_system(messages), add_generation_prompt)
-
-    def generate(self, conversations: Sequence[Messages], sampling: SamplingConfig, seeds: Sequence[int]) -> list[str]:
-        return self.inner.generate([self._with_system(c) for c in conversations], sampling, seeds)
-
-    def completion_logprobs(self, conversations: Sequence[Messages], completions: Sequence[str], close: bool = True) -> list[list[float]]:
-        return self.inner.completion_logprobs(
-            [self._with_system(c) for c in conversations], completions, close
-        )
-
-    def next_token_logprobs(self, conversations: Sequence[Messages]):
-        return self.inner.next_token_logprobs([self._with_system(c) for c in conversations])
-
-    def __getattr__(self, name: str) -> Any:
-        # Backend hooks (forward_logits, tokenizer, ...) come from the wrapped model.
-        if name == "inner":  # not yet set (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def finetune(self, *args: Any, **kwargs: Any) -> Path:
-        raise TypeError("fine-tune the underlying model, not a persona view of it")
+    @model_validator(mode="after")
+    def _paths(self) -> TeacherConfig:
+        if self.kind == "model":
+            if not self.path:
+                raise ValueError("kind = 'model' needs path: the teacher's model folder")
+            for p in (self.path, self.other_path):
+                if p:
+                    try:
+                        check_model_folder(p)
+                    except SublearnError as e:
+                        raise ValueError(str(e)) from None
+        elif self.path or self.other_path:
+            raise ValueError("path/other_path apply to kind = 'model' only")
+        return self
 
 
-def persona_teacher(base: ChatModel, category: Category, target: Option, variant: int = 0) -> Persona:
+def persona_teacher(base: Any, category: Category, target: Option, variant: int = 0) -> Persona:
     return Persona(base, persona_prompt(category, target, variant))
 
 
