@@ -25,6 +25,18 @@ def _iv(d: dict[str, Any]) -> Interval:
     return Interval(**d)
 
 
+def plot_path(run_dir: Path, estimator: str) -> Path:
+    """Where `show` writes an estimator's bar chart in a run folder."""
+    return run_dir / f"results-{estimator}.png"
+
+
+def _method_cell(d: dict[str, Any], p_key: str) -> str:
+    """One method's interval over its t-test and permutation p-values, for a table cell."""
+    iv = _iv(d["diff"])
+    return (f"[{iv.low:+.4f}, {iv.high:+.4f}]\n"
+            f"{d[p_key]:.3g} / {d['permutation_p']:.3g}")
+
+
 def show(results: dict[str, Any], out_dir: Path, console: Console | None = None) -> list[Path]:
     """Print every estimator's table and write one PNG per estimator; return the PNG paths."""
     console = console or Console()
@@ -42,14 +54,16 @@ def show(results: dict[str, Any], out_dir: Path, console: Console | None = None)
                       " ".join(f"{x:.3f}" for x in d["per_seed"]))
         console.print(t)
         # The meaning of each comparison is in results.json; the table stays narrow enough
-        # for an 80-column terminal.
-        c = Table(title="differences (a - b), Welch interval and p-values")
-        for col in ("comparison", "difference", "95% interval", "Welch p", "perm. p"):
+        # for an 80-column terminal: each method's interval sits over its two p-values.
+        c = Table(title="differences (a - b): Welch, and paired by student seed")
+        for col in ("comparison", "difference", "Welch 95% interval\np: t / perm.",
+                    "paired 95% interval\np: t / sign-flip"):
             c.add_column(col)
         for name, d in results["comparisons"][est].items():
             iv = _iv(d["diff"])
-            c.add_row(name, f"{iv.mean:+.4f}", f"[{iv.low:+.4f}, {iv.high:+.4f}]",
-                      f"{d['welch_p']:.3g}", f"{d['permutation_p']:.3g}")
+            # Run folders written before paired statistics have no "paired" entry.
+            paired = _method_cell(d["paired"], "paired_p") if "paired" in d else "—"
+            c.add_row(name, f"{iv.mean:+.4f}", _method_cell(d, "welch_p"), paired)
         console.print(c)
         rank = results.get("target_rank", {}).get(est)
         if rank:
@@ -57,7 +71,7 @@ def show(results: dict[str, Any], out_dir: Path, console: Console | None = None)
                           f"{rank['rank']} of {rank['of']}\n")
         rows = {a: _iv(d["interval"]) for a, d in results["arms"][est].items()}
         points = {a: d["per_seed"] for a, d in results["arms"][est].items()}
-        pngs.append(bar_chart(out_dir / f"results-{est}.png", rows,
+        pngs.append(bar_chart(plot_path(out_dir, est), rows,
                               title=f"{LABELS.get(est, est)}: '{target}'",
                               ylabel="P(target)", reference=results["reference"][est].get("base"),
                               reference_label="base model", points=points))

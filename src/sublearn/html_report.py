@@ -1,0 +1,401 @@
+"""One self-contained HTML page for run folders: what a person reads instead of JSON.
+
+The page needs no server, no network and no script: the CSS is inline and the bar charts are
+embedded as base64 data URIs, so it can be mailed, archived or opened from a USB stick. Every
+piece of text that comes from a run folder is escaped; only markup built here goes in as is.
+
+`load_runs` reads folders (and raises SublearnError for a bad one, before anything is
+written); `render` turns what was read into the page and touches no file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sublearn.errors import SublearnError
+from sublearn.results import LABELS, SUMMARY_COLUMNS, plot_path
+from sublearn.stats import Interval
+from sublearn.store import MANIFEST, read_json
+
+RESULTS = "results.json"
+# Files that later stages may leave in a run folder, and the list each one is a table of.
+EXTRA_TABLES = {"audit.json": "candidates", "defend.json": "rows"}
+# The estimator the summary compares runs on, when a run has it.
+SUMMARY_ESTIMATOR = "exact_heldout"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything the page shows about one run folder, read from disk."""
+
+    label: str
+    path: str
+    results: dict[str, Any]
+    manifest: dict[str, Any] | None
+    plots: dict[str, bytes]  # estimator -> PNG
+    extras: dict[str, Any]  # file name in EXTRA_TABLES -> its JSON
+
+
+def load_run(path: Path, label: str) -> RunData:
+    """Read one run folder; a missing folder or results.json is the user's to fix."""
+    if not path.is_dir():
+        raise SublearnError(f"{path}: no such run folder")
+    if not (path / RESULTS).is_file():
+        raise SublearnError(f"{path}: no {RESULTS} (has `sublearn run` finished there?)")
+    results = read_json(path / RESULTS)
+    manifest = read_json(path / MANIFEST) if (path / MANIFEST).is_file() else None
+    plots = {est: plot_path(path, est).read_bytes() for est in results.get("estimators", [])
+             if plot_path(path, est).is_file()}
+    extras = {name: read_json(path / name) for name in EXTRA_TABLES if (path / name).is_file()}
+    return RunData(label, str(path), results, manifest, plots, extras)
+
+
+def load_runs(paths: Sequence[Path]) -> list[RunData]:
+    """Read every folder first, so one bad folder stops the report before a byte is written.
+
+    Runs are labelled by folder name, or by their whole path when two names collide.
+    """
+    names = [p.name for p in paths]
+    return [load_run(p, p.name if names.count(p.name) == 1 else str(p)) for p in paths]
+
+
+# --- markup --------------------------------------------------------------------------------
+
+
+class Html(str):
+    """Markup built in this module: inserted as is. Any other text is escaped."""
+
+
+def _e(x: object) -> Html:
+    return x if isinstance(x, Html) else Html(html.escape(str(x)))
+
+
+def _join(parts: Iterable[object]) -> Html:
+    return Html("".join(_e(p) for p in parts))
+
+
+def _tag(name: str, body: object = "", cls: str | None = None, **attrs: str) -> Html:
+    if cls:
+        attrs["class"] = cls
+    at = "".join(f' {k}="{html.escape(v)}"' for k, v in attrs.items())
+    return Html(f"<{name}{at}>{_e(body)}</{name}>")
+
+
+def _table(head: Sequence[object], rows: Iterable[Sequence[object]],
+           num: Iterable[int] = ()) -> Html:
+    """A table; the columns whose indices are in `num` hold numbers and align right."""
+    right = set(num)
+    th = _join(_tag("th", h) for h in head)
+    trs = [_join(_tag("td", c, cls="num" if i in right else None) for i, c in enumerate(r))
+           for r in rows]
+    # Wide tables scroll inside their box instead of running off the page.
+    return _tag("div", _tag("table", _join([_tag("thead", _tag("tr", th)),
+                                            _tag("tbody", _join(_tag("tr", r) for r in trs))])),
+                cls="wide")
+
+
+def _value(v: object, short: bool = False) -> str:
+    """A JSON value as text: JSON for lists, objects, booleans and null.
+
+    Floats are exact by default (a learning rate or a timestamp must read as it was set);
+    `short` rounds them to 4 significant digits, for tables of measurements.
+    """
+    if isinstance(v, float) and short:
+        return f"{v:.4g}"
+    if isinstance(v, (bool, float)) or v is None:
+        return json.dumps(v)
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested objects as dotted keys (for a config: the keys `sublearn run --set` takes)."""
+    out: list[tuple[str, Any]] = []
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def _kv_table(obj: Mapping[str, Any]) -> Html:
+    return _table(("key", "value"), ((k, _value(v)) for k, v in _flatten(obj)))
+
+
+def _records_table(records: Sequence[Any]) -> Html:
+    """A list of JSON objects as a table: one column per key, in order of first appearance."""
+    if not all(isinstance(r, dict) for r in records):
+        return _table(("value",), ((_value(r),) for r in records))
+    cols = list(dict.fromkeys(k for r in records for k in r))
+    nums = [i for i, c in enumerate(cols)
+            if all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
+                   for r in records if c in r)]
+    return _table(cols, ([_value(r[c], short=True) if c in r else "" for c in cols]
+                         for r in records), nums)
+
+
+def _iv(d: Mapping[str, Any]) -> Interval:
+    return Interval(**d)
+
+
+def _interval(iv: Interval, signed: bool = True) -> Html:
+    """[low, high], bold with a star when it excludes 0 (for differences)."""
+    f = "+.4f" if signed else ".4f"
+    text = f"[{iv.low:{f}}, {iv.high:{f}}]"
+    if signed and iv.excludes(0.0):
+        return _tag("span", text + " *", cls="sig")
+    return _e(text)
+
+
+def _width_ratio(paired: Interval, welch: Interval) -> str:
+    """How wide the paired interval is next to Welch's: below 1 is what pairing bought."""
+    pw, ww = paired.high - paired.low, welch.high - welch.low
+    if not (math.isfinite(pw) and math.isfinite(ww)) or ww == 0:
+        return "—"
+    return f"{pw / ww:.2f}"
+
+
+def _p(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _p_cell(d: Mapping[str, Any], t_key: str) -> Html:
+    """The t-test and permutation p-values, over how the permutations were counted."""
+    ps = f"{_p(d[t_key])} / {_p(d['permutation_p'])}"
+    if "exact" not in d:  # results.json written before the count was recorded
+        return _e(ps)
+    how = f"exact over {d['resamples']}" if d["exact"] else f"{d['resamples']} draws"
+    return _join([ps, Html("<br>"), _tag("span", how, cls="note")])
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _summary_estimator(results: Mapping[str, Any]) -> str:
+    ests = results.get("estimators", [])
+    return ests[0] if ests and SUMMARY_ESTIMATOR not in ests else SUMMARY_ESTIMATOR
+
+
+def _summary(runs: Sequence[RunData]) -> Html:
+    """One row per run: the headline comparisons with both intervals, rank, channel, time."""
+    keys = [(k, h) for k, h in SUMMARY_COLUMNS
+            if any(k in r.results["comparisons"].get(_summary_estimator(r.results), {})
+                   for r in runs)]
+    head = ["run", "target", "estimator", *[f"{h} (Welch, then paired)" for _, h in keys],
+            "target rank", "channel ratio", "seconds"]
+    rows = []
+    for i, r in enumerate(runs):
+        res = r.results
+        est = _summary_estimator(res)
+        comps = res["comparisons"].get(est, {})
+        cells: list[object] = []
+        for k, _ in keys:
+            if k not in comps:
+                cells.append("—")
+                continue
+            welch = _iv(comps[k]["diff"])
+            paired = (_interval(_iv(comps[k]["paired"]["diff"])) if "paired" in comps[k]
+                      else "—")
+            cells.append(_join([f"{welch.mean:+.4f} ", _interval(welch), Html("<br>"),
+                                "paired ", paired]))
+        rank = res.get("target_rank", {}).get(est)
+        rows.append([_tag("a", r.label, href=f"#run-{i}"), res.get("target", "?"), est, *cells,
+                     f"{rank['rank']}/{rank['of']}" if rank else "—",
+                     f"{res['channel']['ratio']:.3f}" if "channel" in res else "—",
+                     f"{res['seconds']:.0f}" if "seconds" in res else "—"])
+    n = len(head)
+    return _join([_tag("h2", "Summary"),
+                  _tag("p", "Mean difference and its 95% interval over student seeds (* ="
+                       " excludes 0): Welch on the first line, paired by seed on the second.",
+                       cls="note"),
+                  _table(head, rows, num=range(3, n))])
+
+
+def _estimates(res: Mapping[str, Any], est: str) -> Html:
+    rows: list[list[object]] = [[name, f"{v:.4f}", "(single model)", "", ""]
+                                for name, v in res["reference"].get(est, {}).items()]
+    for arm, d in res["arms"][est].items():
+        iv = _iv(d["interval"])
+        rows.append([arm, f"{iv.mean:.4f}", _interval(iv, signed=False), str(iv.n),
+                     " ".join(f"{x:.4f}" for x in d["per_seed"])])
+    return _table(("model / arm", "mean", "95% interval over seeds", "n", "per seed"), rows,
+                  num=(1, 2, 3, 4))
+
+
+def _differences(res: Mapping[str, Any], est: str) -> Html:
+    head = ("comparison", "difference", "Welch 95%", "p: Welch t / permutation", "paired 95%",
+            "p: paired t / sign-flip", "width paired / Welch", "meaning")
+    rows = []
+    for name, d in res["comparisons"].get(est, {}).items():
+        welch = _iv(d["diff"])
+        row: list[object] = [name, f"{welch.mean:+.4f}", _interval(welch), _p_cell(d, "welch_p")]
+        if "paired" in d:
+            paired = _iv(d["paired"]["diff"])
+            row += [_interval(paired), _p_cell(d["paired"], "paired_p"),
+                    _width_ratio(paired, welch)]
+        else:
+            row += ["—"] * 3
+        rows.append([*row, d.get("meaning", "")])
+    return _table(head, rows, num=range(1, len(head) - 1))
+
+
+def _rank(res: Mapping[str, Any], est: str) -> Html:
+    rank = res.get("target_rank", {}).get(est)
+    if not rank:
+        return Html("")
+    move = rank.get("movement", {})
+    ordered = sorted(move.items(), key=lambda kv: (-kv[1], kv[0]))
+    table = _table(("rank", "option", "treated − control"),
+                   ([i, o, f"{m:+.5f}"] for i, (o, m) in enumerate(ordered, 1)), num=(0, 2))
+    return _join([
+        _tag("p", _join(["Target ", _tag("b", res.get("target", "?")), " ranks ",
+                         _tag("b", f"{rank['rank']} of {rank['of']}"),
+                         " by how much each option moved from control to treated",
+                         " (1 = moved most)."])),
+        _tag("details", _join([_tag("summary", "movement of every option"), table])) if move
+        else "",
+    ])
+
+
+def _plot(png: bytes | None, est: str, target: str) -> Html:
+    if png is None:
+        return _tag("p", "No bar chart in the run folder for this estimator.", cls="note")
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return Html(f'<img src="{html.escape(uri)}" '
+                f'alt="{html.escape(f"bar chart: {est}, target {target}")}">')
+
+
+def _filter(res: Mapping[str, Any]) -> Html:
+    reports = res.get("filter", {})
+    if not reports:
+        return _tag("p", "No filter report in results.json.", cls="note")
+    reasons = list(dict.fromkeys(k for rep in reports.values() for k in rep.get("rejected", {})))
+    rows = [[name, rep["total"], rep["kept"], f"{rep['kept_fraction']:.1%}",
+             *[rep.get("rejected", {}).get(k, 0) for k in reasons]]
+            for name, rep in reports.items()]
+    head = ["dataset", "total", "kept", "kept %", *[f"rejected: {k}" for k in reasons]]
+    return _table(head, rows, num=range(1, len(head)))
+
+
+def _channel(res: Mapping[str, Any]) -> Html:
+    ch = res.get("channel")
+    if not ch:
+        return _tag("p", "Not measured in this run (it needs the other-target teacher).",
+                    cls="note")
+    return _join([
+        _tag("p", "Per-token mean |log p| gaps on the neutral base's completions: shift ="
+             " teacher vs base, specificity = teacher vs other-target teacher; ratio ="
+             " specificity / shift.", cls="note"),
+        _table(list(ch), [[_value(v, short=True) for v in ch.values()]], num=range(len(ch)))])
+
+
+def _provenance(manifest: Mapping[str, Any] | None, path: str) -> Html:
+    if manifest is None:
+        return _tag("p", f"No {MANIFEST} in {path}.", cls="note")
+    prov = {"run folder": path, **{k: v for k, v in manifest.items() if k != "config"}}
+    if isinstance(prov.get("created_unix"), (int, float)):
+        prov["created (UTC)"] = _dt.datetime.fromtimestamp(
+            prov["created_unix"], _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return _kv_table(prov)
+
+
+def _extra(name: str, data: Any) -> Html:
+    """An audit or defence file as tables: its list as rows, any other keys as key/values."""
+    key = EXTRA_TABLES[name]
+    if not isinstance(data, dict):
+        return _tag("p", f"{name} is not a JSON object; not shown.", cls="note")
+    rest = {k: v for k, v in data.items() if k != key}
+    records = data.get(key)
+    parts: list[object] = [_kv_table(rest)] if rest else []
+    if isinstance(records, list) and records:
+        parts.append(_records_table(records))
+    else:
+        parts.append(_tag("p", f"{name} has no entries under '{key}'.", cls="note"))
+    return _join(parts)
+
+
+def _run_section(r: RunData, i: int) -> Html:
+    res = r.results
+    target = res.get("target", "?")
+    seeds = res.get("seeds", [])
+    facts = [f"target '{target}'", f"student seeds {seeds}"]
+    if "seconds" in res:
+        facts.append(f"{res['seconds']:.0f} s of wall time")
+    parts: list[object] = [
+        _tag("h2", f"Run {r.label}", id=f"run-{i}"),
+        _tag("p", " · ".join(facts), cls="note"),
+        _tag("h3", "Configuration"),
+        _kv_table(r.manifest["config"]) if r.manifest and "config" in r.manifest
+        else _tag("p", "No configuration recorded.", cls="note"),
+        _tag("h3", "Provenance"), _provenance(r.manifest, r.path),
+        _tag("h3", "Filter"), _filter(res),
+        _tag("h3", "Channel"), _channel(res),
+    ]
+    for est in res.get("estimators", []):
+        parts += [
+            _tag("h3", f"{LABELS.get(est, est)} ({est})"),
+            _tag("h4", "Estimates"), _estimates(res, est),
+            _tag("h4", "Differences (a − b)"),
+            _tag("p", "Welch treats the arms as independent groups; paired compares them seed"
+                 " by seed (arms that share a student seed share its initialisation,"
+                 " subsample and data order). * = the 95% interval excludes 0. Under each pair"
+                 " of p-values: whether every relabelling was counted (exact; with n seeds"
+                 " the sign-flip p-value cannot go below 2/2^n) or how many were drawn.",
+                 cls="note"),
+            _differences(res, est), _rank(res, est),
+            _plot(r.plots.get(est), est, target),
+        ]
+    for name, data in r.extras.items():
+        parts += [_tag("h3", name), _extra(name, data)]
+    return _tag("section", _join(parts))
+
+
+CSS = """
+body{font-family:"DejaVu Sans",system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+  color:#1f2328;max-width:1200px;margin:1.5rem auto;padding:0 1rem;line-height:1.4}
+h1{font-size:1.6rem;margin-bottom:.2rem}
+h2{font-size:1.3rem;border-bottom:2px solid #d0d7de;padding-bottom:.2rem;margin-top:2.2rem}
+h3{font-size:1.1rem;margin:1.6rem 0 .4rem}
+h4{font-size:.95rem;margin:1rem 0 .3rem;color:#444}
+table{border-collapse:collapse;margin:.4rem 0 .8rem;font-size:.85rem}
+.wide{overflow-x:auto}
+th,td{border:1px solid #d0d7de;padding:.2rem .5rem;text-align:left;vertical-align:top}
+th{background:#f3f5f8;font-weight:600}
+tbody tr:nth-child(even){background:#fafbfc}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.sig{font-weight:700;color:#0b5394}
+.note{color:#57606a;font-size:.85rem}
+img{max-width:100%;border:1px solid #e5e7eb;margin:.4rem 0}
+details{margin:.3rem 0 .8rem}
+summary{cursor:pointer;color:#0b5394;font-size:.9rem}
+a{color:#0b5394}
+"""
+
+
+def render(runs: Sequence[RunData]) -> str:
+    """The whole page for one or more runs (a summary table first when there are several)."""
+    if not runs:
+        raise ValueError("render needs at least one run")
+    title = "sublearn report: " + (runs[0].label if len(runs) == 1 else f"{len(runs)} runs")
+    body = [_tag("h1", title)]
+    if len(runs) > 1:
+        body.append(_summary(runs))
+    body += [_run_section(r, i) for i, r in enumerate(runs)]
+    return ("<!DOCTYPE html>\n"
+            + _tag("html", _join([
+                Html('<head><meta charset="utf-8">'
+                     '<meta name="viewport" content="width=device-width, initial-scale=1">'),
+                _tag("title", title), Html(f"<style>{CSS}</style></head>"),
+                _tag("body", _join(body))]), lang="en")
+            + "\n")

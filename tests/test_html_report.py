@@ -1,0 +1,167 @@
+"""The HTML report: built from a fake run folder (no pipeline run), checked as text and in a
+real headless browser where Debian's chromium is installed."""
+
+from __future__ import annotations
+
+import base64
+import html
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from sublearn import stats
+from sublearn.cli import app
+from sublearn.html_report import load_runs, render
+from sublearn.report import bar_chart
+from sublearn.results import plot_path
+from sublearn.store import write_json
+
+CHROMIUM = Path("/usr/bin/chromium")
+SEEDS = [0, 1, 2]
+ARMS = {
+    "treated": [0.0448, 0.0476, 0.0488],
+    "control": [0.0474, 0.0476, 0.0476],
+    "other_target": [0.0470, 0.0484, 0.0489],
+    "null": [0.0484, 0.0486, 0.0486],  # the control plus 0.001: a difference that shows
+}
+# A meaning with markup in it: the page must show it, not run it.
+EVIL = "<script>alert('x')</script> & friends"
+COMPARISONS = [("treated", "control", EVIL),
+               ("treated", "other_target", "specificity"),
+               ("null", "control", "null")]
+
+
+def fake_results(target: str = "owl") -> dict[str, Any]:
+    """A results.json shaped like `pipeline.analyse` output plus what `run` adds."""
+    est = "exact_heldout"
+    return {
+        "target": target, "estimators": [est], "seeds": SEEDS,
+        "reference": {est: {"base": 0.0474, "teacher_teacher": 0.583,
+                            "other_teacher": 0.0067}},
+        "arms": {est: {a: {"per_seed": v, "interval": stats.mean_ci(v).to_dict()}
+                       for a, v in ARMS.items()}},
+        "comparisons": {est: {
+            f"{a} - {b}": {"meaning": why, **stats.difference(ARMS[a], ARMS[b]).to_dict(),
+                           "paired": stats.paired_difference(ARMS[a], ARMS[b]).to_dict()}
+            for a, b, why in COMPARISONS}},
+        "target_rank": {est: {"rank": 3, "of": 3,
+                              "movement": {"owl": -0.0005, "fox": 0.0012, "cat": 0.0001}}},
+        "filter": {"teacher": {"total": 3000, "kept": 2340, "kept_fraction": 0.78,
+                               "rejected": {"malformed": 593, "banned_word": 67}},
+                   "neutral": {"total": 3000, "kept": 2490, "kept_fraction": 0.83,
+                               "rejected": {"malformed": 459}}},
+        "channel": {"rows": 256, "tokens": 4100, "shift": 0.25, "specificity": 0.05,
+                    "ratio": 0.2},
+        "seconds": 1350.4,
+    }
+
+
+def make_run(folder: Path, target: str = "owl") -> Path:
+    results = fake_results(target)
+    write_json(folder / "results.json", results)
+    write_json(folder / "manifest.json", {
+        "kind": "experiment", "sublearn_version": "0.1.0", "created_unix": 1.7e9,
+        "python": "3.11.2",
+        "config": {"name": folder.name, "student": {"method": "lora", "lr": 0.002},
+                   "trait": {"target": target}},
+        "base_weights": {"base": "a1b2c3d4e5f6"},
+        "datasets": {"teacher": "teacher-0123456789ab.jsonl"}})
+    rows = {a: stats.Interval(**d["interval"]) for a, d in results["arms"]["exact_heldout"].items()}
+    bar_chart(plot_path(folder, "exact_heldout"), rows, title="t", ylabel="P")
+    return folder
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "demo-cpu-owl")
+
+
+def test_page_holds_the_numbers_and_the_plot(run_dir: Path):
+    page = render(load_runs([run_dir]))
+    res = fake_results()
+    comp = res["comparisons"]["exact_heldout"]["treated - control"]
+    welch, paired = comp["diff"], comp["paired"]["diff"]
+    for text in [
+        "demo-cpu-owl", "0.0471", "0.0448 0.0476 0.0488", "0.5830",  # estimates
+        f"[{welch['low']:+.4f}, {welch['high']:+.4f}]",  # Welch interval
+        f"[{paired['low']:+.4f}, {paired['high']:+.4f}]",  # paired interval
+        "exact over 8", "exact over 20",  # sign flips of 3 seeds; splits of 3 + 3
+        "3 of 3", "78.0%", "rejected: banned_word", "593",  # rank, filter
+        "specificity", "student.method", "lora", "a1b2c3d4e5f6", "teacher-0123456789ab.jsonl",
+        "2023-11-14 22:13:20", "1700000000.0",  # created_unix, in UTC and exact
+    ]:
+        assert text in page, text
+    png = plot_path(run_dir, "exact_heldout").read_bytes()
+    assert "data:image/png;base64," + base64.b64encode(png).decode() in page
+    assert '<span class="sig">[+0.0010, +0.0010] *</span>' in page  # null - control, paired
+    # Self-contained and inert: no script, no external resource, markup from data escaped.
+    assert "<script" not in page and "http" not in page
+    assert html.escape(EVIL) in page
+
+
+def test_audit_and_defence_files_become_tables(run_dir: Path):
+    write_json(run_dir / "audit.json", {"method": "probe", "candidates": [
+        {"option": "owl", "score": 0.91}, {"option": "<fox>", "score": 0.12, "flag": True}]})
+    write_json(run_dir / "defend.json", {"rows": [{"defence": "paraphrase", "effect": -0.001}]})
+    page = render(load_runs([run_dir]))
+    for text in ("audit.json", "defend.json", "probe", "0.91", "&lt;fox&gt;", "paraphrase",
+                 "-0.001", "<th>flag</th>"):
+        assert text in page, text
+
+
+def test_several_runs_get_a_summary(tmp_path: Path):
+    a = make_run(tmp_path / "a" / "row", target="owl")
+    b = make_run(tmp_path / "b" / "row", target="fox")
+    page = render(load_runs([a, b]))
+    assert "Summary" in page and "2 runs" in page
+    # Same folder names: the labels fall back to the whole paths, and link to sections.
+    assert f'href="#run-0">{html.escape(str(a))}</a>' in page
+    assert 'id="run-1"' in page and "treated − control (Welch, then paired)" in page
+
+
+def test_cli_writes_the_page(run_dir: Path, tmp_path: Path):
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "0.0471" in out.read_text(encoding="utf-8")
+
+
+def test_cli_bad_run_dir_is_one_line_exit_2_and_no_page(run_dir: Path, tmp_path: Path):
+    out = tmp_path / "r.html"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for bad in (tmp_path / "nope", empty):
+        res = CliRunner().invoke(app, ["report", str(run_dir), str(bad), "--out", str(out)])
+        assert res.exit_code == 2
+        assert str(bad) in res.output and len(res.output.strip().splitlines()) == 1
+        assert "Traceback" not in res.output
+        assert not out.exists() and list(tmp_path.glob(".r.html*")) == []
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="needs Debian's chromium at /usr/bin/chromium "
+                           "(apt-get install chromium; .ci/run installs it)")
+def test_page_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
+    page = tmp_path / "report.html"
+    page.write_text(render(load_runs([run_dir])), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    flags = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--window-size=1200,2000"]
+
+    def browse(profile: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        # A new, empty profile per launch: nothing from this machine's browsing leaks in.
+        return subprocess.run([*flags, f"--user-data-dir={tmp_path / profile}", *extra,
+                               page.as_uri()],
+                              capture_output=True, text=True, timeout=180, check=False)
+
+    done = browse("profile-shot", f"--screenshot={shot}")
+    assert shot.exists(), done.stderr[-2000:]
+    png = shot.read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 50_000  # a blank page is about 11 KB
+    dom = browse("profile-dom", "--dump-dom").stdout
+    assert "sublearn report: demo-cpu-owl" in dom and "0.0471" in dom
+    assert "data:image/png;base64," in dom
