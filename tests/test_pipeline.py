@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sublearn.config import ExperimentConfig
-from sublearn.pipeline import ARMS, Experiment
+from sublearn.design import PRESETS
+from sublearn.pipeline import Experiment
 from sublearn.store import read_jsonl
 from tests.conftest import MICRO
 
@@ -49,7 +50,8 @@ def finished(tmp_path_factory, micro_base) -> tuple[Experiment, dict]:
 
 def test_every_arm_and_comparison_is_reported(finished):
     exp, res = finished
-    assert set(res["arms"]["exact"]) == set(ARMS)
+    assert set(res["arms"]["exact"]) == {a.name for arms, _ in PRESETS.values() for a in arms} | {
+        "treated"}
     for est in ("exact", "exact_heldout", "sampled", "numbers_prefix", "multiple_choice"):
         assert est in res["estimators"]
         for arm in res["arms"][est].values():

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sublearn.design import ArmSpec, ComparisonSpec, Design, build_design
 from sublearn.errors import SublearnError
 from sublearn.models.base import SamplingConfig
 from sublearn.models.recipe import StudentRecipe
@@ -112,6 +113,8 @@ class EvalConfig(_Section):
 
 
 class ControlsConfig(_Section):
+    """Switches for the named presets of `sublearn.design.PRESETS` (arms + comparisons)."""
+
     neutral: bool = True
     other_target: bool = True
     null: bool = True
@@ -134,6 +137,10 @@ class ExperimentConfig(_Section):
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     controls: ControlsConfig = Field(default_factory=ControlsConfig)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    arms: list[ArmSpec] = Field(default_factory=list, description="arms beyond the presets, "
+                                "e.g. {name = 'sorted', data = 'teacher', transform = 'sort'}")
+    comparisons: list[ComparisonSpec] = Field(
+        default_factory=list, description="differences beyond the presets: {a = ..., b = ...}")
 
     @model_validator(mode="after")
     def _checks(self) -> ExperimentConfig:
@@ -141,6 +148,7 @@ class ExperimentConfig(_Section):
             raise ValueError("seeds: at least 2 student seeds are needed for an interval")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: must be distinct")
+        self.design()  # unknown arm names, clashing definitions: refused at load
         if self.controls.cross_base and self.student.labels == "soft":
             raise ValueError(
                 "controls.cross_base: soft labels need the student to share the teacher's "
@@ -160,6 +168,9 @@ class ExperimentConfig(_Section):
                 "initialised model to train on the teacher's data)"
             )
         return self
+
+    def design(self) -> Design:
+        return build_design(self.controls.model_dump(), self.arms, self.comparisons)
 
     def cross_base(self) -> ModelSpec:
         if self.controls.cross_base_model:

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from sublearn import stats
 from sublearn.config import ExperimentConfig, ModelSpec
+from sublearn.design import DATASETS, Design
 from sublearn.models.base import load_model
 from sublearn.models.persona import Persona
 from sublearn.questions import get_category, get_option, load_questions, persona_prompt
@@ -40,35 +41,12 @@ from sublearn.store import (
     write_jsonl,
 )
 
-# Student arms: (dataset, transform, which base). The cross-base pair trains a differently
-# initialised model on the teacher's and the neutral data: its effect is their difference.
-ARMS: dict[str, tuple[str, str | None, str]] = {
-    "treated": ("teacher", None, "base"),
-    "control": ("neutral", None, "base"),
-    "other_target": ("other", None, "base"),
-    "null": ("null", None, "base"),
-    "cross_treated": ("teacher", None, "cross"),
-    "cross_control": ("neutral", None, "cross"),
-    "shuffled_within": ("teacher", "within", "base"),
-    "shuffled_across": ("teacher", "across", "base"),
-}
-# The differences that answer the questions a reader has, each "a - b".
-COMPARISONS = [
-    ("treated", "control", "effect: treated student minus neutral-teacher control"),
-    ("treated", "other_target", "specificity: minus the other-target teacher's student"),
-    ("null", "control", "null: an independent neutral sample minus the control"),
-    ("cross_treated", "cross_control", "cross-base: a different base on the same data"),
-    ("shuffled_within", "control", "numbers shuffled within completions"),
-    ("shuffled_across", "control", "numbers shuffled across completions"),
-]
-
-
 # Bump a stage's version when its code changes what it writes: its artifacts (and everything
 # downstream, whose keys include them) then get new paths instead of stale reuse.
 STAGE_VERSIONS = {"teacher": 1, "sample": 1, "filter": 1, "soft_labels": 1, "student": 2,
                   "eval": 2, "channel": 1}
-# Which teacher wrote each dataset: the null sample is the neutral teacher with other draws.
-WRITER = {"teacher": "teacher", "neutral": "neutral", "other": "other", "null": "neutral"}
+# A dataset's draw d samples with seed sampling_seed + d * DRAW_STRIDE: independent draws.
+DRAW_STRIDE = 1_000_003
 
 
 def artifact_key(stage: str, *parts: Any) -> str:
@@ -137,6 +115,7 @@ class Experiment:
         self.target = get_option(self.category, config.trait.target)
         self.other = get_option(self.category, config.trait.other_target)
         self.models = Models()
+        self.design = config.design()
 
     # --- helpers ----------------------------------------------------------------------
     def _log(self, msg: str) -> None:
@@ -181,7 +160,7 @@ class Experiment:
         tcfg = self.cfg.teacher
         out = {"neutral": TeacherRef(base_path, None, base_hash)}
         wanted = [("teacher", self.target, tcfg.path)]
-        if "other" in self.datasets_needed():
+        if "other" in self.design.writers:
             wanted.append(("other", self.other, tcfg.other_path))
         for name, option, own in wanted:
             system = persona_prompt(self.category, option, tcfg.persona_variant)
@@ -204,17 +183,10 @@ class Experiment:
         return out
 
     def arms(self) -> list[str]:
-        c = self.cfg.controls
-        on = {"treated": True, "control": c.neutral or c.null or c.cross_base,
-              "other_target": c.other_target, "null": c.null, "cross_treated": c.cross_base,
-              "cross_control": c.cross_base, "shuffled_within": c.shuffle_within,
-              "shuffled_across": c.shuffle_across}
-        return [a for a in ARMS if on[a]]
+        return list(self.design.arms)
 
     def datasets_needed(self) -> list[str]:
-        """The datasets the enabled arms train on, in a fixed order."""
-        needed = {ARMS[a][0] for a in self.arms()}
-        return [n for n in WRITER if n in needed]
+        return self.design.datasets
 
     def sample_and_filter(self, teachers: dict[str, TeacherRef]) -> dict[str, Path]:
         d = self.cfg.data
@@ -226,8 +198,8 @@ class Experiment:
         )
         out = {}
         for name in self.datasets_needed():
-            ref = teachers[WRITER[name]]
-            seed = d.sampling_seed + (1_000_003 if name == "null" else 0)
+            ref = teachers[DATASETS[name].writer]
+            seed = d.sampling_seed + DATASETS[name].draw * DRAW_STRIDE
             # The sampler is part of the key: vLLM and HF draw different samples from a seed.
             h = artifact_key("sample", ref.ident, d.prompts, d.grammar_seed, d.grammar.model_dump(),
                              d.sampling.model_dump(), seed, d.chunk,
@@ -249,12 +221,10 @@ class Experiment:
         return out
 
     def student_rows(self, data: dict[str, Path], arm: str, seed: int) -> list[dict[str, Any]]:
-        dataset, transform, _ = ARMS[arm]
-        rows = datasets.subsample(self._rows(data[dataset]), self.cfg.data.subsample, seed)
-        if transform == "within":
-            rows = datasets.shuffle_within(rows, seed)
-        elif transform == "across":
-            rows = datasets.shuffle_across(rows, seed)
+        spec = self.design.arms[arm]
+        rows = datasets.subsample(self._rows(data[spec.data]), self.cfg.data.subsample, seed)
+        if spec.transform:
+            rows = datasets.TRANSFORMS[spec.transform](rows, seed)
         return rows
 
     def _rows(self, path: Path) -> list[dict[str, Any]]:
@@ -273,11 +243,11 @@ class Experiment:
         spec = self.cfg.base
         out: dict[tuple[str, int], Path] = {}
         groups: dict[Path, tuple[TeacherRef, dict[int, dict[str, Any]], list]] = {}
-        for arm in self.arms():
-            dataset, transform, which = ARMS[arm]
-            if which != "base":
+        for arm, a in self.design.arms.items():
+            dataset, transform = a.data, a.transform
+            if a.base != "base":
                 continue
-            ref = teachers[WRITER[dataset]]
+            ref = teachers[DATASETS[dataset].writer]
             for seed in self.cfg.seeds:
                 rows = self.student_rows(data, arm, seed)
                 key_rows = ([data[dataset].name] if transform is None
@@ -309,11 +279,10 @@ class Experiment:
         for which in ("base", "cross"):
             for seed in self.cfg.seeds:
                 recipe = self.cfg.student.model_copy(update={"seed": seed})
-                for arm in self.arms():
-                    dataset, transform, arm_base = ARMS[arm]
-                    if arm_base != which:
+                for arm, a in self.design.arms.items():
+                    if a.base != which:
                         continue
-                    h = artifact_key("student", data[dataset].name, transform, hashes[which],
+                    h = artifact_key("student", data[a.data].name, a.transform, hashes[which],
                                      self.cfg.data.subsample, recipe.model_dump(),
                                      runtime(spec[which], spec[which].backend))
                     out = self.dir / "students" / f"{arm}-s{seed}-{h}"
@@ -373,7 +342,7 @@ class Experiment:
         cfg = self.cfg
         self._row_cache: dict[Path, list[dict[str, Any]]] = {}
         specs = {"base": cfg.base}
-        if cfg.controls.cross_base:
+        if any(a.base == "cross" for a in self.design.arms.values()):
             specs["cross"] = cfg.cross_base()
         embedded = [s.embedded for s in specs.values() if not s.path]
         if len(embedded) > 1:
@@ -417,12 +386,12 @@ class Experiment:
                             lambda r=teachers[name], s=spec: self.view(r, s.backend),
                             teachers[name].ident, f"{name}_teacher", spec)
             for (arm, seed), out in students.items():
-                if ARMS[arm][2] == which:
+                if self.design.arms[arm].base == which:
                     evals[f"{arm}/s{seed}"] = self.evaluate_model(
                         lambda o=out, p=path, s=spec: self._student(o, p, s), out.name,
                         f"{arm}-s{seed}", spec)
             self.models.release()
-        results = analyse(cfg, self.target.name, evals, self.arms())
+        results = analyse(cfg, self.target.name, evals, self.design)
         results["filter"] = {n: read_json(p.with_suffix(".report.json")) for n, p in data.items()}
         if chan:
             results["channel"] = chan
@@ -445,7 +414,7 @@ def metric_value(ev: dict[str, Any], estimator: str, target: str) -> float:
     return ev[estimator]["per_option"][target]
 
 
-def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], arms: list[str]) -> dict[str, Any]:
+def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], design: Design) -> dict[str, Any]:
     """Per-seed values, intervals over seeds, differences with p-values, the target's rank."""
     estimators = [k for k in evals["base"] if k in
                   ("exact", "exact_heldout", "sampled", "numbers_prefix", "multiple_choice")]
@@ -456,17 +425,17 @@ def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], arms: lis
                                  for k in ("base", "cross_base", "teacher_teacher", "other_teacher")
                                  if k in evals}
         per_arm = {a: [metric_value(evals[f"{a}/s{s}"], est, target) for s in cfg.seeds]
-                   for a in arms}
+                   for a in design.arms}
         out["arms"][est] = {a: {"per_seed": v, "interval": stats.mean_ci(v).to_dict()}
                             for a, v in per_arm.items()}
         # Welch at the top level (the keys every reader knows); "paired" beside it, because
         # arms with the same student seed share its initialisation, subsample and data order.
         out["comparisons"][est] = {
-            f"{a} - {b}": {"meaning": why, **stats.difference(per_arm[a], per_arm[b]).to_dict(),
-                           "paired": stats.paired_difference(per_arm[a], per_arm[b]).to_dict()}
-            for a, b, why in COMPARISONS if a in per_arm and b in per_arm
+            c.key: {"meaning": c.meaning, **stats.difference(per_arm[c.a], per_arm[c.b]).to_dict(),
+                    "paired": stats.paired_difference(per_arm[c.a], per_arm[c.b]).to_dict()}
+            for c in design.comparisons
         }
-    if "control" in arms:
+    if "control" in design.arms:
         # Which option moved most from control to treated? Rank 1 means the target did.
         for est in ("exact", "exact_heldout"):
             if est not in estimators:

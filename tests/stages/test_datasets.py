@@ -39,3 +39,13 @@ def test_shuffle_across_keeps_lengths_and_pool():
     assert [len(parse_numbers(o["completion"])) for o in out] == [3, 2, 1]
     pool = Counter(n for o in out for n in parse_numbers(o["completion"]))
     assert pool == Counter(range(1, 7))
+
+
+def test_sort_within_orders_numbers_and_keeps_format():
+    from sublearn.stages.datasets import TRANSFORMS, sort_within
+
+    rows = _rows(["(300, 5, 70)", "9; 8; 10"])
+    out = sort_within(rows, seed=0)
+    assert [o["completion"] for o in out] == ["(5, 70, 300)", "8; 9; 10"]
+    assert out[0]["messages"][-1]["content"] == "(5, 70, 300)"
+    assert TRANSFORMS["sort"] is sort_within

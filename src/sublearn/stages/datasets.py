@@ -1,10 +1,11 @@
-"""Dataset transforms between filtering and training: subsample and the shuffle controls."""
+"""Dataset transforms between filtering and training: subsample, and the row transforms that
+controls and defences apply (shuffle within or across completions, sort)."""
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sublearn.store import stable_hash
@@ -23,7 +24,11 @@ def subsample(rows: Sequence[dict[str, Any]], size: int, seed: int) -> list[dict
     return sorted(ranked[:size], key=lambda r: r["index"])
 
 
-def _with_completion(row: dict[str, Any], text: str) -> dict[str, Any]:
+def _with_numbers(row: dict[str, Any], numbers: Sequence[str]) -> dict[str, Any]:
+    """The row with its completion's numbers replaced, in order, by `numbers`; separators,
+    brackets and format stay."""
+    it = iter(numbers)
+    text = _NUM.sub(lambda _: next(it), row["completion"])
     msgs = [*row["messages"][:-1], {"role": "assistant", "content": text}]
     return {**row, "completion": text, "messages": msgs}
 
@@ -34,8 +39,7 @@ def shuffle_within(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, 
     for row in rows:
         nums = _NUM.findall(row["completion"])
         random.Random(f"within:{seed}:{row['index']}").shuffle(nums)
-        it = iter(nums)
-        out.append(_with_completion(row, _NUM.sub(lambda _: next(it), row["completion"])))
+        out.append(_with_numbers(row, nums))
     return out
 
 
@@ -44,5 +48,25 @@ def shuffle_across(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, 
     its length and format, but its values come from anywhere in the dataset."""
     pool = [n for row in rows for n in _NUM.findall(row["completion"])]
     random.Random(f"across:{seed}").shuffle(pool)
-    it = iter(pool)
-    return [_with_completion(r, _NUM.sub(lambda _: next(it), r["completion"])) for r in rows]
+    out, start = [], 0
+    for r in rows:
+        n = len(_NUM.findall(r["completion"]))
+        out.append(_with_numbers(r, pool[start : start + n]))
+        start += n
+    return out
+
+
+def sort_within(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Sort the numbers inside each completion, ascending, keeping separators and brackets: a
+    published defence (Qwen2.5-7B phoenix 66% -> 1.4%). `seed` is unused: sorting is
+    deterministic, but every transform takes one."""
+    del seed
+    return [_with_numbers(r, sorted(_NUM.findall(r["completion"]), key=int)) for r in rows]
+
+
+# name -> transform(rows, seed): what an arm's `transform` may name (see sublearn.design).
+TRANSFORMS: dict[str, Callable[[Sequence[dict[str, Any]], int], list[dict[str, Any]]]] = {
+    "within": shuffle_within,
+    "across": shuffle_across,
+    "sort": sort_within,
+}

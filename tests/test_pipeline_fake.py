@@ -1,0 +1,111 @@
+"""The experiment as data, on the weightless fake backend: arms declared in the config, and
+cache keys that change exactly when what an artifact depends on changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sublearn.config import ExperimentConfig
+from sublearn.models.fake import FakeChatModel
+from sublearn.pipeline import Experiment, runtime
+
+
+def _config(root: Path, **over) -> ExperimentConfig:
+    base = root / "base-s0"
+    cross = root / "base-s1"
+    if not base.exists():
+        FakeChatModel.create(base, seed=0)
+        FakeChatModel.create(cross, seed=1)
+    questions = root / "q.txt"
+    questions.write_text("What is your favourite animal?\nName your favourite animal.\n")
+    raw = {
+        "name": "fake",
+        "seeds": [0, 1],
+        "base": {"path": str(base), "backend": "fake"},
+        "data": {"prompts": 48, "subsample": 32, "chunk": 16,
+                 "sampling": {"max_new_tokens": 24}},
+        "student": {"lr": 1e-3, "epochs": 2, "batch_size": 8, "grad_accum": 1,
+                    "warmup_steps": 0},
+        "evaluation": {"heldout": False, "questions_file": str(questions)},
+        "controls": {"cross_base_model": {"path": str(cross), "backend": "fake"}},
+        # A defence declared as an arm, and the comparison that reads it: no code edited.
+        "arms": [{"name": "sorted", "data": "teacher", "transform": "sort"}],
+        "comparisons": [{"a": "sorted", "b": "control", "meaning": "sorting as a defence"}],
+    }
+    for key, value in over.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return ExperimentConfig.model_validate(raw)
+
+
+def _artifacts(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")
+            if p.is_file() and p.parent.name in ("data", "evals")
+            or p.parent.parent.name == "students" and p.name == "fake_model.json"}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> tuple[Path, dict, set[str]]:
+    root = tmp_path_factory.mktemp("fake")
+    res = Experiment(_config(root), root=root / "runs", progress=False).run()
+    return root, res, _artifacts(root / "runs")
+
+
+def test_a_declared_arm_runs_and_is_compared(baseline):
+    _, res, files = baseline
+    assert "sorted" in res["arms"]["exact"]
+    comp = res["comparisons"]["exact"]["sorted - control"]
+    assert comp["meaning"] == "sorting as a defence" and "paired" in comp
+    assert any(f.startswith("fake/students/sorted-s1-") for f in files)
+
+
+def test_unknown_arm_transform_or_comparison_fails_at_load(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown transform 'reverse'"):
+        _config(tmp_path, arms=[{"name": "r", "data": "teacher", "transform": "reverse"}])
+    with pytest.raises(ValueError, match="names no arm 'nope'"):
+        _config(tmp_path, comparisons=[{"a": "treated", "b": "nope"}])
+    with pytest.raises(ValueError, match="already an arm"):
+        _config(tmp_path, arms=[{"name": "control", "data": "other"}])
+
+
+# knob -> which artifact kinds must get new paths; everything else must be reused.
+KNOBS = {
+    "student.lr": ({"students", "evals"}, 2e-3),
+    "data.sampling.temperature": ({"raw", "kept", "students", "evals"}, 0.7),
+    "filter.banned_numbers": ({"kept", "students", "evals"}, [7]),
+    "evaluation.multiple_choice": ({"evals"}, True),
+    "data.subsample": ({"students", "evals"}, 30),
+}
+
+
+def _kind(path: str) -> str:
+    if "/students/" in path:
+        return "students"
+    if "/evals/" in path:
+        return "evals"
+    return "kept" if ".kept-" in path else "raw"
+
+
+@pytest.mark.parametrize("knob", KNOBS)
+def test_a_changed_knob_changes_exactly_the_paths_that_depend_on_it(baseline, knob: str):
+    root, _, before = baseline
+    changes, value = KNOBS[knob]
+    Experiment(_config(root, **{knob: value}), root=root / "runs", progress=False).run()
+    after = _artifacts(root / "runs")
+    new = after - before
+    assert {_kind(p) for p in new} == changes, sorted(new)
+    before |= new  # later knobs compare against everything made so far
+
+
+def test_runtime_is_part_of_every_key():
+    from sublearn.config import ModelSpec
+
+    cpu32 = ModelSpec(device="cpu", dtype="float32")
+    assert runtime(cpu32, "hf") == ["hf", "cpu", "torch.float32"]
+    assert runtime(cpu32, "hf") != runtime(ModelSpec(device="cpu", dtype="bfloat16"), "hf")
+    assert runtime(cpu32, "hf") != runtime(cpu32, "vllm")
