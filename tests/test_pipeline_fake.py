@@ -45,7 +45,7 @@ def _config(root: Path, **over) -> ExperimentConfig:
 
 def _artifacts(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")
-            if p.is_file() and p.parent.name in ("data", "evals")
+            if p.is_file() and not p.name.startswith(".") and p.parent.name in ("data", "evals")
             or p.parent.parent.name == "students" and p.name == "fake_model.json"}
 
 

@@ -33,6 +33,7 @@ from sublearn.store import (
     MANIFEST,
     atomic_path,
     hash_files,
+    locked,
     manifest,
     read_json,
     read_jsonl,
@@ -76,6 +77,19 @@ class TeacherRef:
     ident: str
 
 
+@dataclass
+class Prepared:
+    """What every student of an experiment depends on, once it exists on disk."""
+
+    specs: dict[str, ModelSpec]  # "base", and "cross" when an arm needs it
+    paths: dict[str, Path]
+    hashes: dict[str, str]
+    teachers: dict[str, TeacherRef]
+    data: dict[str, Path]  # dataset name -> its filtered JSONL
+    soft: dict[tuple[str, int], Path]  # (arm, seed) -> its soft labels (soft-label students)
+    channel: dict[str, float] | None
+
+
 class Models:
     """Owns every loaded model, so lifetimes live in one place: a model is loaded on first
     use and stays until `release`, which frees it (and the GPU memory) for the next stage."""
@@ -116,19 +130,21 @@ class Experiment:
         self.other = get_option(self.category, config.trait.other_target)
         self.models = Models()
         self.design = config.design()
+        self._row_cache: dict[Path, list[dict[str, Any]]] = {}
 
     # --- helpers ----------------------------------------------------------------------
     def _log(self, msg: str) -> None:
         self.console.log(msg)
 
     def _cached_json(self, path: Path, make: Callable[[], Any], what: str) -> Any:
-        if path.exists():
-            self._log(f"[dim]cached[/] {what}")
-            return read_json(path)
-        self._log(f"{what} ...")
-        value = make()
-        write_json(path, value)
-        return value
+        with locked(path):
+            if path.exists():
+                self._log(f"[dim]cached[/] {what}")
+                return read_json(path)
+            self._log(f"{what} ...")
+            value = make()
+            write_json(path, value)
+            return value
 
     def model_path(self, spec: ModelSpec) -> Path:
         if spec.path:
@@ -174,11 +190,12 @@ class Experiment:
                 h = artifact_key("teacher", base_hash, tcfg.model_dump(), self.category.name,
                                  option.name, runtime(self.cfg.base, self.cfg.base.backend))
                 path = self.dir / "teachers" / f"{option.name}-{h}"
-                if not path.exists():
-                    self._log(f"fine-tuning the {option.name} teacher ...")
-                    rows = trait_rows(self.category, option, tcfg.finetune_rows_per_question)
-                    base = self.models.get(base_path, self.cfg.base.backend, self.cfg.base)
-                    base.finetune(rows, tcfg.finetune, path, progress=self.progress)
+                with locked(path):
+                    if not path.exists():
+                        self._log(f"fine-tuning the {option.name} teacher ...")
+                        rows = trait_rows(self.category, option, tcfg.finetune_rows_per_question)
+                        base = self.models.get(base_path, self.cfg.base.backend, self.cfg.base)
+                        base.finetune(rows, tcfg.finetune, path, progress=self.progress)
                 out[name] = TeacherRef(path, None, h)
         return out
 
@@ -205,18 +222,20 @@ class Experiment:
                              d.sampling.model_dump(), seed, d.chunk,
                              runtime(spec, spec.sampling_backend))
             raw = self.dir / "data" / f"{name}-{h}.jsonl"
-            if raw.exists():
-                self._log(f"[dim]cached[/] samples: {name}")
-            else:
-                self._log(f"sampling {d.prompts} completions: {name}")
-                sample_dataset(self.view(ref, spec.sampling_backend), prompts, d.sampling, seed,
-                               raw, d.chunk, self.progress, name)
+            with locked(raw):
+                if raw.exists():
+                    self._log(f"[dim]cached[/] samples: {name}")
+                else:
+                    self._log(f"sampling {d.prompts} completions: {name}")
+                    sample_dataset(self.view(ref, spec.sampling_backend), prompts, d.sampling,
+                                   seed, raw, d.chunk, self.progress, name)
             fh = artifact_key("filter", h, fcfg.model_dump())
             kept = self.dir / "data" / f"{name}-{h}.kept-{fh}.jsonl"
-            if not kept.exists():
-                rows, report = apply_filter(read_jsonl(raw), fcfg)
-                write_json(kept.with_suffix(".report.json"), report.to_dict())
-                write_jsonl(kept, rows)
+            with locked(kept):
+                if not kept.exists():
+                    rows, report = apply_filter(read_jsonl(raw), fcfg)
+                    write_json(kept.with_suffix(".report.json"), report.to_dict())
+                    write_jsonl(kept, rows)
             out[name] = kept
         return out
 
@@ -260,47 +279,48 @@ class Experiment:
         for path, (ref, rows, users) in groups.items():
             for u in users:
                 out[u] = path
-            if path.exists():
-                continue
-            self._log(f"soft labels for {len(rows)} rows ({path.name})")
-            ordered = [rows[i] for i in sorted(rows)]
-            dists = self.view(ref, spec.backend).number_distributions(
-                [r["messages"][:-1] for r in ordered], [r["completion"] for r in ordered])
-            with atomic_path(path) as tmp:
-                save_file({str(r["index"]): d.contiguous() for r, d in zip(ordered, dists)}, tmp)
+            with locked(path):
+                if path.exists():
+                    continue
+                self._log(f"soft labels for {len(rows)} rows ({path.name})")
+                ordered = [rows[i] for i in sorted(rows)]
+                dists = self.view(ref, spec.backend).number_distributions(
+                    [r["messages"][:-1] for r in ordered], [r["completion"] for r in ordered])
+                with atomic_path(path) as tmp:
+                    save_file({str(r["index"]): d.contiguous() for r, d in zip(ordered, dists)},
+                              tmp)
         return out
 
-    def train_students(self, data: dict[str, Path], paths: dict[str, Path],
-                       hashes: dict[str, str], soft: dict[tuple[str, int], Path]
-                       ) -> dict[tuple[str, int], Path]:
-        spec = {"base": self.cfg.base, "cross": self.cfg.cross_base() if "cross" in paths else None}
-        students = {}
-        # Base students first, then the cross-base ones: one base resident at a time.
-        for which in ("base", "cross"):
-            for seed in self.cfg.seeds:
-                recipe = self.cfg.student.model_copy(update={"seed": seed})
-                for arm, a in self.design.arms.items():
-                    if a.base != which:
-                        continue
-                    h = artifact_key("student", data[a.data].name, a.transform, hashes[which],
-                                     self.cfg.data.subsample, recipe.model_dump(),
-                                     runtime(spec[which], spec[which].backend))
-                    out = self.dir / "students" / f"{arm}-s{seed}-{h}"
-                    students[(arm, seed)] = out
-                    if out.exists():
-                        self._log(f"[dim]cached[/] student {arm} seed {seed}")
-                        continue
-                    rows = self.student_rows(data, arm, seed)
-                    if recipe.labels == "soft":
-                        from safetensors.torch import load_file
+    def student_path(self, prep: Prepared, arm: str, seed: int) -> Path:
+        a = self.design.arms[arm]
+        spec = prep.specs[a.base]
+        recipe = self.cfg.student.model_copy(update={"seed": seed})
+        h = artifact_key("student", prep.data[a.data].name, a.transform, prep.hashes[a.base],
+                         self.cfg.data.subsample, recipe.model_dump(), runtime(spec, spec.backend))
+        return self.dir / "students" / f"{arm}-s{seed}-{h}"
 
-                        labels = load_file(str(soft[(arm, seed)]))
-                        rows = [{**r, "soft_labels": labels[str(r["index"])]} for r in rows]
-                    self._log(f"training student {arm} seed {seed} on {len(rows)} rows")
-                    self.models.release(keep=(paths[which],))
-                    trainer = self.models.get(paths[which], spec[which].backend, spec[which])
-                    trainer.finetune(rows, recipe, out, progress=self.progress)
-        return students
+    def train_one(self, prep: Prepared, arm: str, seed: int) -> Path:
+        """One student of one arm and seed, trained unless it exists."""
+        out = self.student_path(prep, arm, seed)
+        which = self.design.arms[arm].base
+        spec = prep.specs[which]
+        with locked(out):
+            if out.exists():
+                self._log(f"[dim]cached[/] student {arm} seed {seed}")
+                return out
+            recipe = self.cfg.student.model_copy(update={"seed": seed})
+            rows = self.student_rows(prep.data, arm, seed)
+            if recipe.labels == "soft":
+                from safetensors.torch import load_file
+
+                labels = load_file(str(prep.soft[(arm, seed)]))
+                rows = [{**r, "soft_labels": labels[str(r["index"])]} for r in rows]
+            self._log(f"training student {arm} seed {seed} on {len(rows)} rows")
+            # One base resident at a time: the cross base replaces the base, not beside it.
+            self.models.release(keep=(prep.paths[which],))
+            trainer = self.models.get(prep.paths[which], spec.backend, spec)
+            trainer.finetune(rows, recipe, out, progress=self.progress)
+        return out
 
     def evaluate_model(self, load: Callable[[], Any], ident: str, label: str,
                        spec: ModelSpec) -> dict[str, Any]:
@@ -337,10 +357,11 @@ class Experiment:
         return self.models.get(path, spec.backend, spec)
 
     # --- the whole run ----------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        t0 = time.time()
+    def prepare(self) -> Prepared:
+        """Everything students depend on: bases, teachers, datasets, the channel measure and
+        soft labels. Cached and locked, so every sweep worker may call it."""
         cfg = self.cfg
-        self._row_cache: dict[Path, list[dict[str, Any]]] = {}
+        self._row_cache = {}
         specs = {"base": cfg.base}
         if any(a.base == "cross" for a in self.design.arms.values()):
             specs["cross"] = cfg.cross_base()
@@ -369,32 +390,59 @@ class Experiment:
                                 read_jsonl(data["neutral"])),
                 "measuring the number channel (teacher vs other teacher vs base)")
         soft = self.soft_labels(data, teachers) if cfg.student.labels == "soft" else {}
-        students = self.train_students(data, paths, hashes, soft)
+        return Prepared(specs, paths, hashes, teachers, data, soft, chan)
+
+    def evaluate_student(self, prep: Prepared, arm: str, seed: int) -> dict[str, Any]:
+        which = self.design.arms[arm].base
+        out, spec = self.student_path(prep, arm, seed), prep.specs[which]
+        return self.evaluate_model(lambda: self._student(out, prep.paths[which], spec),
+                                   out.name, f"{arm}-s{seed}", spec)
+
+    def units(self) -> list[tuple[str, int]]:
+        """The experiment's independent units of work: one student per (arm, seed), base
+        students first, then cross-base ones (one base resident at a time)."""
+        order = sorted(self.design.arms.items(), key=lambda kv: kv[1].base != "base")
+        return [(arm, seed) for arm, _ in order for seed in self.cfg.seeds]
+
+    def run_unit(self, arm: str, seed: int) -> None:
+        """Train and evaluate one student (a sweep task); shared artifacts come from the store
+        or are built under their locks by whichever worker needs them first."""
+        prep = self.prepare()
+        self.train_one(prep, arm, seed)
+        self.evaluate_student(prep, arm, seed)
+        self.models.release()
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.time()
+        cfg = self.cfg
+        prep = self.prepare()
+        for arm, seed in self.units():
+            self.train_one(prep, arm, seed)
 
         evals: dict[str, Any] = {}
         for which in ("base", "cross"):
-            if which not in paths:
+            if which not in prep.paths:
                 continue
-            spec, path = specs[which], paths[which]
+            spec, path = prep.specs[which], prep.paths[which]
             label = "base" if which == "base" else "cross_base"
             evals[label] = self.evaluate_model(
-                lambda p=path, s=spec: self.models.get(p, s.backend, s), hashes[which], label, spec)
+                lambda p=path, s=spec: self.models.get(p, s.backend, s), prep.hashes[which],
+                label, spec)
             if which == "base":
                 for name in ("teacher", "other"):
-                    if name in teachers:
+                    if name in prep.teachers:
                         evals[f"{name}_teacher"] = self.evaluate_model(
-                            lambda r=teachers[name], s=spec: self.view(r, s.backend),
-                            teachers[name].ident, f"{name}_teacher", spec)
-            for (arm, seed), out in students.items():
+                            lambda r=prep.teachers[name], s=spec: self.view(r, s.backend),
+                            prep.teachers[name].ident, f"{name}_teacher", spec)
+            for arm, seed in self.units():
                 if self.design.arms[arm].base == which:
-                    evals[f"{arm}/s{seed}"] = self.evaluate_model(
-                        lambda o=out, p=path, s=spec: self._student(o, p, s), out.name,
-                        f"{arm}-s{seed}", spec)
+                    evals[f"{arm}/s{seed}"] = self.evaluate_student(prep, arm, seed)
             self.models.release()
         results = analyse(cfg, self.target.name, evals, self.design)
-        results["filter"] = {n: read_json(p.with_suffix(".report.json")) for n, p in data.items()}
-        if chan:
-            results["channel"] = chan
+        results["filter"] = {n: read_json(p.with_suffix(".report.json"))
+                             for n, p in prep.data.items()}
+        if prep.channel:
+            results["channel"] = prep.channel
         # Wall time spent in this run folder, over every invocation: a rerun that finds its
         # artifacts cached adds seconds, it does not replace the hours that made them.
         prev = self.dir / "results.json"
@@ -402,8 +450,8 @@ class Experiment:
         results["seconds"] = round(before + time.time() - t0, 1)
         write_json(self.dir / "results.json", results)
         write_json(self.dir / MANIFEST, manifest(
-            "experiment", cfg.model_dump(), base_weights=hashes,
-            datasets={n: p.name for n, p in data.items()},
+            "experiment", cfg.model_dump(), base_weights=prep.hashes,
+            datasets={n: p.name for n, p in prep.data.items()},
             stage_versions=STAGE_VERSIONS))
         return results
 
