@@ -126,6 +126,16 @@ class ControlsConfig(_Section):
     )
 
 
+class SweepConfig(_Section):
+    """A grid of experiments: every combination of the listed values (`sublearn sweep`)."""
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description='dotted field -> values, e.g. {"trait.target" = '
+        '["owl", "cat"], "student.method" = ["lora", "full"]}')
+    address: str | None = Field(None, description="a Ray cluster to run on; default: a local "
+                                "Ray instance (or sequential without Ray)")
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     base: ModelSpec = Field(default_factory=ModelSpec)
@@ -141,6 +151,7 @@ class ExperimentConfig(_Section):
                                 "e.g. {name = 'sorted', data = 'teacher', transform = 'sort'}")
     comparisons: list[ComparisonSpec] = Field(
         default_factory=list, description="differences beyond the presets: {a = ..., b = ...}")
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
     def _checks(self) -> ExperimentConfig:
