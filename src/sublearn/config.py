@@ -35,8 +35,14 @@ class ModelSpec(_Section):
     vLLM for speed at scale while Hugging Face trains and scores."""
 
     path: str | None = Field(None, description="a local save_pretrained folder")
+    model: str | None = Field(None, description="an API model id (backend = 'openai'), e.g. "
+                              "gpt-4.1-nano-2025-04-14")
+    base_url: str | None = Field(None, description="an OpenAI-compatible server; default: "
+                                 "$OPENAI_BASE_URL, else the OpenAI API")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the "
+                                    "backend's load, e.g. {concurrency = 16} for openai")
     embedded: BaseConfig = Field(default_factory=BaseConfig)
-    backend: str = Field("hf", description="scores and trains: hf or fake")
+    backend: str = Field("hf", description="scores and trains: hf, fake, openai")
     sampler: str | None = Field(None, description="samples the datasets: hf, vllm, fake; "
                                 "default: backend")
     sampler_options: dict[str, Any] = Field(
@@ -47,16 +53,21 @@ class ModelSpec(_Section):
 
     @model_validator(mode="after")
     def _backends(self) -> ModelSpec:
-        from sublearn.models.base import SAMPLE, SCORE, TRAIN, check_model_folder
-        from sublearn.models.registry import check_backend
+        from sublearn.models.base import SAMPLE, TRAIN, check_model_folder
+        from sublearn.models.registry import check_backend, get_backend
 
         try:
-            check_backend(self.backend, {SCORE, TRAIN}, "backend")
+            check_backend(self.backend, {TRAIN}, "backend")
             check_backend(self.sampling_backend, {SAMPLE}, "sampler")
             if self.path and self.backend == "hf":
                 check_model_folder(self.path)
         except SublearnError as e:  # as a ValueError, pydantic names the field
             raise ValueError(str(e)) from None
+        remote = get_backend(self.backend).api
+        if remote and not self.model:
+            raise ValueError(f"model: backend {self.backend!r} needs an API model id")
+        if self.model and not remote:
+            raise ValueError("model: an API model id needs backend = 'openai'")
         return self
 
     @property
@@ -90,7 +101,14 @@ class DataConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """The estimators of P(target); each needs a capability of the scoring backend."""
+
     questions_file: str | None = Field(None, description="a .txt or .jsonl question list")
+    exact: bool = Field(True, description="exact probabilities by teacher forcing (needs full "
+                        "log-probs: hf, fake)")
+    top_logprobs: int = Field(0, ge=0, le=20, description="k > 0: P(option) from the top k "
+                              "first-token log-probs, a lower bound when an option falls "
+                              "outside them (what APIs offer)")
 
     @model_validator(mode="after")
     def _questions_readable(self) -> EvalConfig:
@@ -110,6 +128,22 @@ class EvalConfig(_Section):
     )
     numbers_prefix: bool = False
     multiple_choice: bool = False
+
+    def needs(self) -> set[str]:
+        """The capabilities these estimators need from the model that is scored."""
+        from sublearn.models.base import SAMPLE, SCORE, TOP_LOGPROBS
+
+        out = set()
+        if self.exact or self.numbers_prefix or self.multiple_choice:
+            out.add(SCORE)
+        if self.samples_per_question:
+            out.add(SAMPLE)
+        if self.top_logprobs:
+            out.add(TOP_LOGPROBS)
+        if not out:
+            raise ValueError("no estimator is on: set exact, samples_per_question or "
+                             "top_logprobs")
+        return out
 
 
 class ControlsConfig(_Section):
@@ -160,6 +194,15 @@ class ExperimentConfig(_Section):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: must be distinct")
         self.design()  # unknown arm names, clashing definitions: refused at load
+        from sublearn.models.base import SCORE
+        from sublearn.models.registry import check_backend
+
+        needs = self.evaluation.needs() | ({SCORE} if self.student.labels == "soft" else set())
+        try:
+            check_backend(self.base.backend, needs, "base.backend (for the evaluation "
+                          "estimators and labels asked for)")
+        except SublearnError as e:
+            raise ValueError(str(e)) from None
         if self.controls.cross_base and self.student.labels == "soft":
             raise ValueError(
                 "controls.cross_base: soft labels need the student to share the teacher's "

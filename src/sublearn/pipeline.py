@@ -19,8 +19,9 @@ from rich.console import Console
 from sublearn import stats
 from sublearn.config import ExperimentConfig, ModelSpec
 from sublearn.design import DATASETS, Design
-from sublearn.models.base import load_model
+from sublearn.models.base import SCORE, load_model
 from sublearn.models.persona import Persona
+from sublearn.models.registry import get_backend
 from sublearn.questions import get_category, get_option, load_questions, persona_prompt
 from sublearn.stages import datasets
 from sublearn.stages.channel import channel
@@ -100,8 +101,11 @@ class Models:
     def get(self, path: Path, backend: str, spec: ModelSpec, **options: Any) -> Any:
         key = (backend, str(path))
         if key not in self._live:
-            self._live[key] = load_model(path, backend, device=spec.device, dtype=spec.dtype,
-                                         **options)
+            if get_backend(backend).api:
+                options = {"base_url": spec.base_url, **options}
+            else:
+                options = {"device": spec.device, "dtype": spec.dtype, **options}
+            self._live[key] = load_model(path, backend, **options)
         return self._live[key]
 
     def release(self, keep: tuple[Path, ...] = ()) -> None:
@@ -147,6 +151,8 @@ class Experiment:
             return value
 
     def model_path(self, spec: ModelSpec) -> Path:
+        if spec.model:  # an API model: its id stands where a folder would
+            return Path(spec.model)
         if spec.path:
             return Path(spec.path)
         from sublearn.tinybase import ensure_base
@@ -157,12 +163,14 @@ class Experiment:
     def view(self, ref: TeacherRef, backend: str) -> Any:
         """The teacher served by `backend`: its weights, with its persona on top if any."""
         spec = self.cfg.base
-        opts = spec.sampler_options if backend == spec.sampler and backend != spec.backend else {}
+        opts = spec.options if backend == spec.backend else spec.sampler_options
         model = self.models.get(ref.path, backend, spec, **opts)
         return Persona(model, ref.system) if ref.system else model
 
     @staticmethod
     def weights_hash(path: Path) -> str:
+        if not path.exists():  # an API model id: the service's weights are its name
+            return stable_hash(["model id", str(path)])
         m = path / MANIFEST
         if m.exists():
             h = read_json(m).get("weights_hash")
@@ -318,7 +326,7 @@ class Experiment:
             self._log(f"training student {arm} seed {seed} on {len(rows)} rows")
             # One base resident at a time: the cross base replaces the base, not beside it.
             self.models.release(keep=(prep.paths[which],))
-            trainer = self.models.get(prep.paths[which], spec.backend, spec)
+            trainer = self.models.get(prep.paths[which], spec.backend, spec, **spec.options)
             trainer.finetune(rows, recipe, out, progress=self.progress)
         return out
 
@@ -345,7 +353,8 @@ class Experiment:
     def _evaluate(self, model: Any, questions: list[str], heldout: list[str]) -> dict[str, Any]:
         e = self.cfg.evaluation
         return evaluate(model, self.category, self.target, questions, heldout,
-                        e.samples_per_question, e.numbers_prefix, e.multiple_choice)
+                        e.samples_per_question, e.numbers_prefix, e.multiple_choice,
+                        exact=e.exact, top_logprobs=e.top_logprobs)
 
     def _student(self, path: Path, base_path: Path, spec: ModelSpec) -> Any:
         """A trained student to evaluate: a LoRA adapter attached to the resident base (one
@@ -354,7 +363,7 @@ class Experiment:
         if (path / "adapter_config.json").exists() and hasattr(base, "attached"):
             return base.attached(path)
         self.models.release(keep=(base_path,))
-        return self.models.get(path, spec.backend, spec)
+        return self.models.get(path, spec.backend, spec, **spec.options)
 
     # --- the whole run ----------------------------------------------------------------
     def prepare(self) -> Prepared:
@@ -379,7 +388,8 @@ class Experiment:
             self.models.release()  # the sampling engine goes before scoring and training
         # The channel depends on teachers and data only: measured before any student trains.
         chan = None
-        if "other" in teachers and "neutral" in data:
+        if ("other" in teachers and "neutral" in data
+                and SCORE in get_backend(cfg.base.backend).capabilities):
             h = artifact_key("channel", teachers["teacher"].ident, teachers["other"].ident,
                              data["neutral"].name, runtime(cfg.base, cfg.base.backend))
             chan = self._cached_json(
@@ -426,7 +436,8 @@ class Experiment:
             spec, path = prep.specs[which], prep.paths[which]
             label = "base" if which == "base" else "cross_base"
             evals[label] = self.evaluate_model(
-                lambda p=path, s=spec: self.models.get(p, s.backend, s), prep.hashes[which],
+                lambda p=path, s=spec: self.models.get(p, s.backend, s, **s.options),
+                prep.hashes[which],
                 label, spec)
             if which == "base":
                 for name in ("teacher", "other"):
@@ -456,6 +467,10 @@ class Experiment:
         return results
 
 
+ESTIMATORS = ("exact", "exact_heldout", "top_logprobs", "sampled", "numbers_prefix",
+              "multiple_choice")
+
+
 def metric_value(ev: dict[str, Any], estimator: str, target: str) -> float:
     if estimator == "multiple_choice":
         return ev[estimator]["target"]
@@ -464,8 +479,7 @@ def metric_value(ev: dict[str, Any], estimator: str, target: str) -> float:
 
 def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], design: Design) -> dict[str, Any]:
     """Per-seed values, intervals over seeds, differences with p-values, the target's rank."""
-    estimators = [k for k in evals["base"] if k in
-                  ("exact", "exact_heldout", "sampled", "numbers_prefix", "multiple_choice")]
+    estimators = [k for k in evals["base"] if k in ESTIMATORS]
     out: dict[str, Any] = {"target": target, "estimators": estimators, "reference": {},
                            "arms": {}, "comparisons": {}, "seeds": cfg.seeds}
     for est in estimators:
@@ -485,7 +499,7 @@ def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], design: D
         }
     if "control" in design.arms:
         # Which option moved most from control to treated? Rank 1 means the target did.
-        for est in ("exact", "exact_heldout"):
+        for est in ("exact", "exact_heldout", "top_logprobs"):
             if est not in estimators:
                 continue
             options = evals["base"][est]["per_option"]

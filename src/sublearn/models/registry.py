@@ -22,6 +22,7 @@ class Backend:
     capabilities: frozenset[str]
     requires: str | None = None  # an importable package the backend needs
     extra: str | None = None  # the pip extra that brings it
+    api: bool = False  # a remote service: models are ids (not folders), no device or dtype
 
     def available(self) -> bool:
         return self.requires is None or importlib.util.find_spec(self.requires) is not None
@@ -32,7 +33,8 @@ BACKENDS: dict[str, Backend] = {
     "vllm": Backend("sublearn.models.vllm:VLLMSampler", frozenset({SAMPLE}),
                     requires="vllm", extra="vllm"),
     "openai": Backend("sublearn.models.openai_api:OpenAIChatModel",
-                      frozenset({SAMPLE, TOP_LOGPROBS, TRAIN}), requires="openai", extra="openai"),
+                      frozenset({SAMPLE, TOP_LOGPROBS, TRAIN}), requires="openai", extra="openai",
+                      api=True),
     "fake": Backend("sublearn.models.fake:FakeChatModel", frozenset({SAMPLE, SCORE, TRAIN})),
 }
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from sublearn.models.base import ChatModel
+from sublearn.models.base import Scorer
 
 
-def _token_logprobs(model: ChatModel, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+def _token_logprobs(model: Scorer, rows: Sequence[dict[str, Any]]) -> np.ndarray:
     convs = [r["messages"][:-1] for r in rows]
     comps = [r["completion"] for r in rows]
     return np.concatenate([np.asarray(x) for x in model.completion_logprobs(convs, comps)])
 
 
-def channel(teacher: ChatModel, other: ChatModel, base: ChatModel,
+def channel(teacher: Scorer, other: Scorer, base: Scorer,
             rows: Sequence[dict[str, Any]], n: int = 256) -> dict[str, float]:
     """Per-token mean |log p| gaps on the first `n` rows (by prompt index)."""
     rows = sorted(rows, key=lambda r: r["index"])[:n]

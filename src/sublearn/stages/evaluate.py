@@ -1,11 +1,14 @@
 """Evaluation: how much a model prefers each option of a category.
 
-Two estimators of the same quantity:
+Three estimators of the same quantity:
 - exact: P(option) = sum over its surface forms of P(form, end-of-turn | question), by the chain
   rule over the form's tokens, from teacher-forced forward passes. No sampling noise, so far
   fewer forward tokens buy the same precision (see benchmarks/bench_estimators.py).
 - sampled: n answers per question at temperature 1, counted by lower-cased substring match with
   exclusions, as the paper does.
+- top log-probs: what APIs give, the k most likely first answer tokens; an option's
+  probability is the mass on tokens that read as one of its forms — a lower bound when a
+  form falls outside the top k or spans several tokens.
 Variants: the question preceded by a short number sequence, and a 5-way multiple choice
 scored by the letter probabilities. Everything is reported per option, so the target's rank
 among all options can be read off.
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sublearn.models.base import ChatModel, SamplingConfig
+from sublearn.models.base import SamplingConfig
 from sublearn.questions import Category, Option, matches, multiple_choice, with_number_prefix
 from sublearn.stages.sample import row_seed
 
@@ -31,7 +34,7 @@ def _user(q: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": q}]
 
 
-def option_probs(model: ChatModel, category: Category, questions: Sequence[str]) -> np.ndarray:
+def option_probs(model: Any, category: Category, questions: Sequence[str]) -> np.ndarray:
     """[questions, options] exact probabilities of answering with each option (all forms)."""
     convs, comps, owner = [], [], []
     for qi, q in enumerate(questions):
@@ -47,7 +50,7 @@ def option_probs(model: ChatModel, category: Category, questions: Sequence[str])
 
 
 def sampled_rates(
-    model: ChatModel, category: Category, questions: Sequence[str], n: int, seed: int
+    model: Any, category: Category, questions: Sequence[str], n: int, seed: int
 ) -> np.ndarray:
     """[questions, options] share of n sampled answers (T=1) that name each option."""
     convs = [_user(q) for q in questions for _ in range(n)]
@@ -58,7 +61,7 @@ def sampled_rates(
 
 
 def mc_target_probs(
-    model: ChatModel, category: Category, target: Option, questions: Sequence[str], seed: int
+    model: Any, category: Category, target: Option, questions: Sequence[str], seed: int
 ) -> np.ndarray:
     """[questions] P(target's letter) among 5 lettered options (target + 4 seeded others)."""
     convs, comps, where = [], [], []
@@ -73,6 +76,21 @@ def mc_target_probs(
     lp = np.array([sum(x) for x in model.completion_logprobs(convs, comps, close=True)])
     p = np.exp(lp.reshape(len(questions), len(LETTERS)))
     return p[np.arange(len(questions)), where] / p.sum(axis=1)
+
+
+def top_logprob_probs(
+    model: Any, category: Category, questions: Sequence[str], k: int
+) -> np.ndarray:
+    """[questions, options] probability mass of first answer tokens that read as an option's
+    form (case and surrounding space ignored), from the top k log-probs."""
+    forms = {f.lower(): oi for oi, o in enumerate(category.options) for f in o.forms}
+    out = np.zeros((len(questions), len(category.options)))
+    for qi, top in enumerate(model.top_logprobs([_user(q) for q in questions], k)):
+        for token, lp in top.items():
+            oi = forms.get(token.strip().lower())
+            if oi is not None:
+                out[qi, oi] += math.exp(lp)
+    return out
 
 
 def prefixed(questions: Sequence[str], seed: int) -> list[str]:
@@ -97,7 +115,7 @@ def summarize(raw: np.ndarray, category: Category) -> dict[str, Any]:
 
 
 def evaluate(
-    model: ChatModel,
+    model: Any,
     category: Category,
     target: Option,
     questions: Sequence[str],
@@ -106,11 +124,18 @@ def evaluate(
     numbers_prefix: bool = False,
     mc: bool = False,
     seed: int = 0,
+    exact: bool = True,
+    top_logprobs: int = 0,
 ) -> dict[str, Any]:
     """All configured estimators for one model; each entry has per-option means."""
-    res: dict[str, Any] = {"exact": summarize(option_probs(model, category, questions), category)}
-    if heldout:
-        res["exact_heldout"] = summarize(option_probs(model, category, heldout), category)
+    res: dict[str, Any] = {}
+    if exact:
+        res["exact"] = summarize(option_probs(model, category, questions), category)
+        if heldout:
+            res["exact_heldout"] = summarize(option_probs(model, category, heldout), category)
+    if top_logprobs:
+        res["top_logprobs"] = summarize(
+            top_logprob_probs(model, category, questions, top_logprobs), category)
     if samples_per_question:
         rates = sampled_rates(model, category, questions, samples_per_question, seed)
         res["sampled"] = {

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sublearn.models.base import ChatModel, SamplingConfig
+from sublearn.models.base import Sampler, SamplingConfig
 from sublearn.stages.prompts import NumberPrompt
 from sublearn.store import JsonlAppender, stable_hash
 
@@ -21,7 +21,7 @@ def row_seed(sampling_seed: int, index: int) -> int:
 
 
 def sample_dataset(
-    model: ChatModel,
+    model: Sampler,
     prompts: Sequence[NumberPrompt],
     sampling: SamplingConfig,
     sampling_seed: int,

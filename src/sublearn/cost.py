@@ -1,0 +1,69 @@
+"""What a run will cost on an API backend, computed from the config before any request.
+
+Token counts are estimates: prompts are measured in characters and divided by 4 (about right
+for English and digits with OpenAI's tokenizers), completions are counted at their maximum
+length, and fine-tuning rows at prompt plus maximum completion. So the figure is an upper
+bound for completions and an approximation for prompts; `sublearn run` prints it and asks
+for confirmation (or `--yes`) before spending anything.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sublearn.design import DATASETS
+from sublearn.models.registry import get_backend
+from sublearn.questions import get_category, get_option, persona_prompt
+from sublearn.stages.prompts import number_prompts
+
+if TYPE_CHECKING:
+    from sublearn.config import ExperimentConfig
+    from sublearn.models.openai_api import CostEstimate, Prices
+
+CHARS_PER_TOKEN = 4
+# Chat formatting overhead per message (role markers, separators), in tokens.
+PER_MESSAGE = 4
+
+
+def _tokens(text: str) -> float:
+    return len(text) / CHARS_PER_TOKEN + PER_MESSAGE
+
+
+def api_cost(cfg: ExperimentConfig, prices: Prices | None = None) -> CostEstimate | None:
+    """The estimate for the parts of the run an API serves, or None when nothing is remote."""
+    from sublearn.models.openai_api import estimate_cost
+
+    samples_remote = get_backend(cfg.base.sampling_backend).api
+    rest_remote = get_backend(cfg.base.backend).api
+    if not (samples_remote or rest_remote):
+        return None
+    design = cfg.design()
+    d = cfg.data
+    category = get_category(cfg.trait.category)
+    prompts = number_prompts(min(d.prompts, 2_000), d.grammar_seed, d.grammar)
+    user = sum(_tokens(p.text) for p in prompts) / len(prompts)
+    persona = _tokens(persona_prompt(category, get_option(category, cfg.trait.target),
+                                     cfg.teacher.persona_variant))
+    total = estimate_cost(requests=0, prompt_tokens=0, max_completion_tokens=0, prices=prices)
+    if samples_remote:
+        for name in design.datasets:
+            system = persona if DATASETS[name].writer != "neutral" else 0.0
+            total += estimate_cost(requests=d.prompts, prompt_tokens=user + system,
+                                   max_completion_tokens=d.sampling.max_new_tokens, prices=prices)
+    if rest_remote:
+        students = len(design.arms) * len(cfg.seeds)
+        total += estimate_cost(
+            requests=0, prompt_tokens=0, max_completion_tokens=0, train_rows=d.subsample,
+            row_tokens=user + d.sampling.max_new_tokens, epochs=round(cfg.student.epochs),
+            jobs=students, prices=prices)
+        e = cfg.evaluation
+        questions = len(category.questions)
+        models = students + 3  # every student, the base and both teachers
+        q_tokens = sum(_tokens(q) for q in category.questions) / questions
+        if e.samples_per_question:
+            total += estimate_cost(requests=models * questions * e.samples_per_question,
+                                   prompt_tokens=q_tokens, max_completion_tokens=8, prices=prices)
+        if e.top_logprobs:
+            total += estimate_cost(requests=models * questions, prompt_tokens=q_tokens,
+                                   max_completion_tokens=1, prices=prices)
+    return total
