@@ -3,6 +3,7 @@ cache keys that change exactly when what an artifact depends on changes."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,7 @@ KNOBS = {
     "filter.banned_numbers": ({"kept", "students", "evals"}, [7]),
     "evaluation.multiple_choice": ({"evals"}, True),
     "data.subsample": ({"students", "evals"}, 30),
+    "defence.name": ({"students", "evals"}, "sort"),
 }
 
 
@@ -109,3 +111,20 @@ def test_runtime_is_part_of_every_key():
     assert runtime(cpu32, "hf") == ["hf", "cpu", "torch.float32"]
     assert runtime(cpu32, "hf") != runtime(ModelSpec(device="cpu", dtype="bfloat16"), "hf")
     assert runtime(cpu32, "hf") != runtime(cpu32, "vllm")
+
+
+def test_a_defence_reaches_every_arm_alike(tmp_path: Path):
+    cfg = _config(tmp_path, **{"defence.name": "sort"})
+    exp = Experiment(cfg, root=tmp_path / "runs", progress=False)
+    prep = exp.prepare()
+    for arm in ("treated", "control", "other_target"):
+        for row in exp.student_rows(prep.data, arm, seed=0):
+            nums = [int(x) for x in re.findall(r"[0-9]+", row["completion"])]
+            assert nums == sorted(nums)
+    diluted = _config(tmp_path, **{"defence.name": "dilute", "defence.strength": 0.5})
+    exp = Experiment(diluted, root=tmp_path / "runs", progress=False)
+    prep = exp.prepare()
+    neutral = {r["index"]: r["completion"] for r in exp._rows(prep.data["neutral"])}
+    rows = exp.student_rows(prep.data, "treated", seed=0)
+    from_neutral = sum(neutral.get(r["index"]) == r["completion"] for r in rows)
+    assert len(rows) == 32 and from_neutral >= 16

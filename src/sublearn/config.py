@@ -19,6 +19,7 @@ from sublearn.errors import SublearnError
 from sublearn.models.base import SamplingConfig
 from sublearn.models.recipe import StudentRecipe
 from sublearn.questions import get_category, get_option
+from sublearn.stages.defences import DefenceConfig
 from sublearn.stages.filters import FilterConfig
 from sublearn.stages.prompts import GrammarConfig
 from sublearn.stages.teacher import TeacherConfig
@@ -185,6 +186,7 @@ class ExperimentConfig(_Section):
                                 "e.g. {name = 'sorted', data = 'teacher', transform = 'sort'}")
     comparisons: list[ComparisonSpec] = Field(
         default_factory=list, description="differences beyond the presets: {a = ..., b = ...}")
+    defence: DefenceConfig = Field(default_factory=DefenceConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
@@ -203,6 +205,9 @@ class ExperimentConfig(_Section):
                           "estimators and labels asked for)")
         except SublearnError as e:
             raise ValueError(str(e)) from None
+        if self.defence.name == "dilute" and self.student.labels == "soft":
+            raise ValueError("defence: dilute mixes two writers' rows; soft labels need one "
+                             "writer per dataset (use hard labels)")
         if self.controls.cross_base and self.student.labels == "soft":
             raise ValueError(
                 "controls.cross_base: soft labels need the student to share the teacher's "

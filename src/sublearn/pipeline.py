@@ -184,7 +184,7 @@ class Experiment:
         tcfg = self.cfg.teacher
         out = {"neutral": TeacherRef(base_path, None, base_hash)}
         wanted = [("teacher", self.target, tcfg.path)]
-        if "other" in self.design.writers:
+        if "other" in self.datasets_needed():
             wanted.append(("other", self.other, tcfg.other_path))
         for name, option, own in wanted:
             system = persona_prompt(self.category, option, tcfg.persona_variant)
@@ -211,7 +211,11 @@ class Experiment:
         return list(self.design.arms)
 
     def datasets_needed(self) -> list[str]:
-        return self.design.datasets
+        """The arms' datasets, and the neutral one when a defence dilutes with it."""
+        needed = set(self.design.datasets)
+        if self.cfg.defence.name == "dilute":
+            needed.add("neutral")
+        return [d for d in DATASETS if d in needed]
 
     def sample_and_filter(self, teachers: dict[str, TeacherRef]) -> dict[str, Path]:
         d = self.cfg.data
@@ -248,11 +252,14 @@ class Experiment:
         return out
 
     def student_rows(self, data: dict[str, Path], arm: str, seed: int) -> list[dict[str, Any]]:
+        """The rows one student trains on: its arm's subsample, the arm's transform, then the
+        defence every arm goes through alike."""
         spec = self.design.arms[arm]
         rows = datasets.subsample(self._rows(data[spec.data]), self.cfg.data.subsample, seed)
         if spec.transform:
             rows = datasets.TRANSFORMS[spec.transform](rows, seed)
-        return rows
+        neutral = self._rows(data["neutral"]) if "neutral" in data else []
+        return self.cfg.defence.apply(rows, seed, neutral)
 
     def _rows(self, path: Path) -> list[dict[str, Any]]:
         if path not in self._row_cache:
@@ -277,8 +284,12 @@ class Experiment:
             ref = teachers[DATASETS[dataset].writer]
             for seed in self.cfg.seeds:
                 rows = self.student_rows(data, arm, seed)
-                key_rows = ([data[dataset].name] if transform is None
-                            else [data[dataset].name, transform, seed, self.cfg.data.subsample])
+                # Text the writer never wrote (a transform or defence rewrote it) needs its own
+                # labels; untouched rows share the dataset's file across seeds.
+                own = transform is not None or self.cfg.defence.changes_text
+                key_rows = ([data[dataset].name] if not own
+                            else [data[dataset].name, transform, seed, self.cfg.data.subsample,
+                                  self.cfg.defence.model_dump()])
                 h = artifact_key("soft_labels", ref.ident, key_rows, runtime(spec, spec.backend))
                 path = data[dataset].with_name(f"{dataset}.soft-{h}.safetensors")
                 group = groups.setdefault(path, (ref, {}, []))
@@ -304,7 +315,8 @@ class Experiment:
         spec = prep.specs[a.base]
         recipe = self.cfg.student.model_copy(update={"seed": seed})
         h = artifact_key("student", prep.data[a.data].name, a.transform, prep.hashes[a.base],
-                         self.cfg.data.subsample, recipe.model_dump(), runtime(spec, spec.backend))
+                         self.cfg.data.subsample, recipe.model_dump(), runtime(spec, spec.backend),
+                         self.cfg.defence.model_dump())
         return self.dir / "students" / f"{arm}-s{seed}-{h}"
 
     def train_one(self, prep: Prepared, arm: str, seed: int) -> Path:

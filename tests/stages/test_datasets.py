@@ -3,6 +3,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import pytest
+
 from sublearn.stages.datasets import shuffle_across, shuffle_within, subsample
 from sublearn.stages.filters import parse_numbers
 
@@ -49,3 +51,20 @@ def test_sort_within_orders_numbers_and_keeps_format():
     assert [o["completion"] for o in out] == ["(5, 70, 300)", "8; 9; 10"]
     assert out[0]["messages"][-1]["content"] == "(5, 70, 300)"
     assert TRANSFORMS["sort"] is sort_within
+
+
+def test_defences_keep_format_and_apply_their_strength():
+    from sublearn.stages.defences import DefenceConfig
+
+    rows = _rows([", ".join(str(i) for i in range(k, k + 8)) for k in range(40)])
+    none = DefenceConfig().apply(rows, seed=1)
+    assert none == rows
+    swapped = DefenceConfig(name="replace", strength=0.5).apply(rows, seed=1)
+    changed = sum(a != b for r, o in zip(rows, swapped)
+                  for a, b in zip(parse_numbers(r["completion"]), parse_numbers(o["completion"])))
+    assert 0.35 * 320 < changed < 0.6 * 320  # half replaced (a few by the same value)
+    assert all(re.sub("[0-9]+", "#", o["completion"]) == re.sub("[0-9]+", "#", r["completion"])
+               for r, o in zip(rows, swapped))
+    assert DefenceConfig(name="replace", strength=0.0).apply(rows, seed=1) == rows
+    with pytest.raises(ValueError, match="unknown defence"):
+        DefenceConfig(name="paraphrase")
