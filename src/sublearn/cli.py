@@ -132,12 +132,23 @@ def base_info(
         write_json(json_out, m)
 
 
-def _run(config_path: Path, root: Path, quiet: bool, overrides: list[str]) -> None:
+def _run(config_path: Path, root: Path, quiet: bool, overrides: list[str],
+         yes: bool = False) -> None:
     from sublearn.config import load_config
+    from sublearn.cost import api_cost
     from sublearn.pipeline import Experiment
     from sublearn.results import show
 
     cfg = load_config(config_path, overrides)
+    cost = api_cost(cfg)
+    if cost is not None:
+        # Shown before any request: a finished run's cached stages cost nothing on rerun.
+        typer.echo(f"API cost estimate: {cost.summary()}")
+        if not yes:
+            if not sys.stdin.isatty():
+                raise SublearnError("this run calls a paid API: pass --yes to confirm the "
+                                    "estimate above in an unattended run")
+            typer.confirm("Go ahead?", abort=True)
     exp = Experiment(cfg, root=root, progress=not quiet)
     results = exp.run()
     pngs = show(results, exp.dir)
@@ -154,14 +165,17 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a config field, repeatable: --set base.embedded.seed=2 "
                       "--set student.method=lora --set name=lora-s2 (values read as TOML).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm an API run's cost estimate "
+                                      "without asking (unattended runs).")] = False,
 ) -> None:
     """Run the number-sequence experiment: teacher, prompts, sampling, filter, students,
     evaluation, controls and statistics, as one config file says.
 
     Every stage's artifact is cached by a hash of its inputs: rerunning skips finished work,
-    and a killed run resumes where it stopped.
+    and a killed run resumes where it stopped. With an API backend (configs/gpt-4.1-nano-
+    paper.toml) the tokens and fine-tuning jobs it will pay for are printed first.
     """
-    _run(config, root, quiet, set_ or [])
+    _run(config, root, quiet, set_ or [], yes)
 
 
 @app.command("demo")
@@ -205,3 +219,125 @@ def _register() -> None:
 
 
 _register()
+
+
+@app.command("report")
+@friendly
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (each holds results.json).")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page for run folders: config, provenance, filter, estimates,
+    Welch and paired differences, the target's rank, the channel, the plots, and audit and
+    defence tables when the folders hold them. No server or network needed: open the file in
+    any browser. Several folders add a summary table at the top."""
+    from sublearn.html_report import load_runs, render
+    from sublearn.store import write_text
+
+    # Every folder is read before the page is written, and the write is atomic: a bad
+    # folder leaves no half-written page behind.
+    write_text(out, render(load_runs(runs)))
+    typer.echo(f"report: {out}")
+
+
+@app.command("audit")
+@friendly
+def audit(
+    data: Annotated[Path, typer.Argument(help="Chat JSONL: one {\"messages\": [...]} per line; "
+                                         "the last assistant turn is the completion audited.")],
+    base: Annotated[Optional[Path], typer.Option(help="The base model that wrote, or was "
+                                                 "prompted to write, the data; default: the "
+                                                 "embedded base (seed 0).")] = None,
+    category: Annotated[Optional[str], typer.Option(help="Candidate traits: every option of "
+                                                    "this category (default animal).")] = None,
+    candidates: Annotated[Optional[str], typer.Option(help="Comma-separated options instead "
+                                                      "of a whole category: owl,fox,cat")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Chat JSONL the base wrote without "
+                                                      "a trait; default: sample one on the "
+                                                      "data's own prompts.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder; default "
+                                                "runs/audit-<data name>.")] = None,
+    phrasings: Annotated[int, typer.Option(help="Trait phrasings per candidate (1-4); cost "
+                                           "grows linearly with it.", min=1, max=4)] = 2,
+    permutations: Annotated[int, typer.Option(help="Relabellings in the permutation test.",
+                                              min=100)] = 10_000,
+    reference_seed: Annotated[int, typer.Option(help="Sampling seed of the reference the "
+                                                "audit samples.")] = 7919,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Find a generator's hidden trait in clean-looking data: score every row under each
+    candidate's trait prompts (log-likelihood shift), compare with a reference by a
+    permutation test over rows, Holm-corrected across candidates (docs/audit.md)."""
+    from rich.console import Console
+
+    from sublearn.stages.audit import AuditConfig, audit_dataset, candidates_table
+
+    out = out or Path("runs") / f"audit-{data.stem}"
+    names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
+    config = AuditConfig(phrasings=phrasings, permutations=permutations,
+                         reference_seed=reference_seed)
+    result = audit_dataset(data, out, base, category, names, reference, config, not quiet)
+    s = result.summary
+    Console().print(candidates_table(s))
+    for row in s["suspicious_rows"][:5]:
+        typer.echo(f"  suspicious (line {row['line']}, score {row['score']:+.4f}): "
+                   f"{row['completion'][:70]!r}")
+    typer.echo(f"flagged: {', '.join(s['flagged']) or 'none'}  results: {out / 'audit.json'}"
+               f"  ({s['seconds']} s)")
+
+
+@app.command("sweep")
+@friendly
+def sweep(
+    config: Annotated[Path, typer.Argument(help="An experiment TOML file; its \\[sweep] "
+                                           "table may hold the grid and a Ray address.")],
+    grid: Annotated[Optional[list[str]], typer.Option(
+        help="A swept field and its values, repeatable: --grid trait.target=owl,cat "
+             "--grid student.labels=hard,soft (values read as TOML, like --set). Overrides "
+             "or extends the file's \\[sweep] grid.")] = None,
+    root: Annotated[Path, typer.Option(help="Where run folders go (shared by every "
+                                       "worker).")] = Path("runs"),
+    address: Annotated[Optional[str], typer.Option(
+        help="An existing Ray cluster (e.g. ray://head:10001 or auto); default: the "
+             "\\[sweep] address, else a local Ray instance on this machine.")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Parallel tasks of a local Ray instance; default: this machine's cores.",
+        min=1)] = None,
+    sequential: Annotated[bool, typer.Option(help="Run tasks one after another in this "
+                                             "process, even with Ray installed.")] = False,
+    estimator: Annotated[Optional[str], typer.Option(
+        help="The table's estimator; default exact_heldout, or exact when questions are "
+             "not held out.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Run a grid of experiments: each combination of the --grid values is a
+    point, with its own run folder <root>/<config name>-<key>-<value>-...
+
+    Example (4 points, each with every arm and seed of the config):
+    sublearn sweep configs/cpu.toml --grid trait.target=owl,cat
+    --grid student.labels=hard,soft
+
+    Every point is validated before any work starts. A task is one student of
+    one point (point, arm, seed): it trains and evaluates that student.
+    Datasets and teachers are shared through the run folders, each built once,
+    under a lock, by the first task that needs it.
+
+    With Ray installed (pip install 'sublearn\\[ray]') tasks run in parallel,
+    one core each, on a local Ray instance (--workers) or on a cluster
+    (--address; the root must be on a shared disk). Without Ray, or with
+    --sequential, they run one after another in this process.
+
+    Resuming: rerun the same command. Finished tasks are skipped (the count is
+    printed) and every stage is cached, so nothing finished is redone.
+
+    Writes <root>/<sweep name>/sweep.md (one row per point), sweep.json and
+    sweep.png (treated - control per point), and prints the table
+    (docs/sweep.md).
+    """
+    from sublearn.sweep import run_sweep
+
+    out = run_sweep(config, grid or [], root, address, workers, sequential, estimator, quiet)
+    typer.echo(out.table)
+    plot = f"  plot: {out.plot}" if out.plot else ""
+    typer.echo(f"table: {out.dir / 'sweep.md'}  results: {out.dir / 'sweep.json'}{plot}  "
+               f"({out.tasks} tasks, {out.skipped} skipped, {out.seconds:.0f} s)")
