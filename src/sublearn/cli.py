@@ -257,12 +257,14 @@ def audit(
                                                       "data's own prompts.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder; default "
                                                 "runs/audit-<data name>.")] = None,
-    phrasings: Annotated[int, typer.Option(help="Trait phrasings per candidate (1-4); cost "
-                                           "grows linearly with it.", min=1, max=4)] = 2,
+    phrasings: Annotated[int, typer.Option(help="Trait phrasings (1-3), rotated over rows: "
+                                           "free in cost.", min=1, max=3)] = 3,
     permutations: Annotated[int, typer.Option(help="Relabellings in the permutation test.",
                                               min=100)] = 10_000,
     reference_seed: Annotated[int, typer.Option(help="Sampling seed of the reference the "
                                                 "audit samples.")] = 7919,
+    reference_rows: Annotated[int, typer.Option(help="Reference rows sampled and scored at "
+                                                "most (scoring is the cost).", min=2)] = 1000,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each
@@ -275,7 +277,7 @@ def audit(
     out = out or Path("runs") / f"audit-{data.stem}"
     names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
     config = AuditConfig(phrasings=phrasings, permutations=permutations,
-                         reference_seed=reference_seed)
+                         reference_seed=reference_seed, reference_rows=reference_rows)
     result = audit_dataset(data, out, base, category, names, reference, config, not quiet)
     s = result.summary
     Console().print(candidates_table(s))

@@ -41,6 +41,7 @@ from sublearn.store import (
     stable_hash,
     write_json,
     write_jsonl,
+    write_text,
 )
 
 # Bump a stage's version when its code changes what it writes: its artifacts (and everything
@@ -169,6 +170,9 @@ class Experiment:
 
     @staticmethod
     def weights_hash(path: Path) -> str:
+        """The identity of a model's weights: its manifest's hash when sublearn wrote it, else
+        a hash of its files, remembered by (name, size, mtime) of each so a 7B folder is read
+        once, not in every sweep task."""
         if not path.exists():  # an API model id: the service's weights are its name
             return stable_hash(["model id", str(path)])
         m = path / MANIFEST
@@ -176,7 +180,16 @@ class Experiment:
             h = read_json(m).get("weights_hash")
             if h:
                 return h
-        return hash_files(path)
+        from sublearn.tinybase.build import cache_root
+
+        stat = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                for p in sorted(path.rglob("*")) if p.is_file()]
+        memo = cache_root() / "weights-hashes" / stable_hash([str(path.resolve()), stat])
+        if memo.exists():
+            return memo.read_text().strip()
+        h = hash_files(path)
+        write_text(memo, h)
+        return h
 
     # --- stages -----------------------------------------------------------------------
     def teachers(self, base_path: Path, base_hash: str) -> dict[str, TeacherRef]:

@@ -20,7 +20,8 @@ def test_help_teaches_the_experiment_and_the_knobs() -> None:
     result = runner.invoke(app, ["auxlogit", "--help"])
     assert result.exit_code == 0
     for text in ("auxiliary", "initialisation", "--sweep", "--m", "--noise-size", "--distill",
-                 "--preset", "strong", "default: 100"):
+                 "--preset", "strong", "default: 100", "--defence", "--strengths", "round",
+                 "temperature", "top1", "--workers", "--precision"):
         assert text in result.output, text
 
 
@@ -54,6 +55,24 @@ def test_sweep_writes_a_table_per_value_and_a_plot(tmp_path: Path) -> None:
         assert (out / name).read_bytes().startswith(PNG), name
 
 
+def test_defence_run_prints_a_table_and_writes_a_plot(tmp_path: Path) -> None:
+    out = tmp_path / "defend"
+    result = runner.invoke(app, ["auxlogit", *TINY, "--defence", "noise=1,4", "--defence",
+                                 "round=2", "--workers", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "noise std" in result.output and "bits" in result.output
+    assert "same-init" in result.output and "different-init" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert [(p["defence"], p["value"]) for p in results["points"]] == [
+        ("none", None), ("noise", 1.0), ("noise", 4.0), ("round", 2.0)]
+    for p in results["points"]:
+        assert len(p["same_init"]["accuracy"]) == 3 and len(p["different_init"]["accuracy"]) == 3
+    assert (out / "defence.png").read_bytes().startswith(PNG)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["defences"] == [["noise", [1.0, 4.0]], ["round", [2.0]]]
+    assert manifest["workers"] == 2
+
+
 def test_m1_with_kl_is_refused_with_the_reason(tmp_path: Path) -> None:
     for args in (["--m", "1"], ["--sweep", "m=1,3"]):
         result = runner.invoke(app, ["auxlogit", *TINY, *args, "--out", str(tmp_path / "x")])
@@ -71,6 +90,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         (["--sweep", "m"], "KNOB=V1,V2"),
         (["--preset", "huge"], "unknown preset"),
         (["--hidden", "wide"], "hidden"),
+        (["--defence", "blur"], "unknown defence"),
+        (["--defence", "round=0"], "whole number"),
+        (["--defence", "noise", "--sweep", "m=2,3"], "drop --sweep"),
+        (["--defence", "noise", "--loss", "mse"], "--loss kl"),
     ]
     for args, needle in cases:
         result = runner.invoke(app, ["auxlogit", *TINY, *args, "--out", str(tmp_path / "x")])

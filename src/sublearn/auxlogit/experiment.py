@@ -30,6 +30,7 @@ from sublearn.auxlogit.train import (
     SHUFFLED,
     UNTRAINED,
     Advance,
+    resolve_precision,
     run_arms,
     total_epochs,
 )
@@ -60,8 +61,9 @@ def parse_hidden(text: str) -> tuple[int, ...]:
 SWEEP_KNOBS: dict[str, Callable[[str], Any]] = {
     "m": int, "n_models": int, "teacher_epochs": int, "student_epochs": int,
     "batch_size": int, "noise_size": int, "seed": int,
-    "teacher_lr": float, "student_lr": float,
+    "teacher_lr": float, "student_lr": float, "student_beta2": float,
     "hidden": parse_hidden, "init": str, "noise": str, "loss": str, "distill": str,
+    "precision": str,
 }
 
 
@@ -121,7 +123,7 @@ def print_point(title: str, point: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Advance | None]:
+def progress(enabled: bool, total: int) -> Iterator[Advance | None]:
     """A rich progress bar over epochs, or a no-op callback when quiet."""
     if not enabled:
         yield None
@@ -129,8 +131,8 @@ def _progress(enabled: bool, total: int) -> Iterator[Advance | None]:
     from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), "{task.completed}/{task.total}"
-        " epochs", TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
+        "[progress.description]{task.description}", BarColumn(),
+        "{task.completed:.0f}/{task.total:.0f} epochs", TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
     ) as bar:
         task = bar.add_task("auxlogit", total=total)
         yield lambda n: bar.advance(task, n)
@@ -143,13 +145,15 @@ def default_out(cfg: AuxLogitConfig, sweep: tuple[str, list[Any]] | None = None)
     return Path("runs") / "auxlogit" / stable_hash(key)
 
 
-def _provenance(
-    cfg: AuxLogitConfig, data: Dataset, wall_s: float, files: Sequence[str], **extra: Any
+def provenance(
+    cfg: AuxLogitConfig, data: Dataset, wall_s: float, files: Sequence[str], workers: int,
+    **extra: Any,
 ) -> dict[str, Any]:
     return manifest(
         "auxlogit", cfg.model_dump(), data=data.describe(), wall_s=round(wall_s, 2),
         torch=torch.__version__, numpy=np.__version__, platform=platform.platform(),
-        threads=torch.get_num_threads(), files=list(files), **extra,
+        threads=torch.get_num_threads(), workers=workers, precision=resolve_precision(cfg),
+        files=list(files), **extra,
     )
 
 
@@ -158,14 +162,16 @@ def run(
     out: str | Path | None = None,
     show: bool = True,
     data: Dataset | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """All arms of one configuration. Returns the results that were written to `out`."""
+    """All arms of one configuration, the population split over `workers` threads (the
+    results do not depend on it). Returns the results that were written to `out`."""
     if data is None:
         data = load(cfg.dataset, cfg.mnist_path)
     out = Path(out) if out else default_out(cfg)
     start = time.perf_counter()
-    with _progress(show, total_epochs(cfg)) as advance:
-        acc = run_arms(cfg, data, advance)
+    with progress(show, total_epochs(cfg)) as advance:
+        acc = run_arms(cfg, data, advance, workers)
     wall_s = time.perf_counter() - start
     results = {"kind": "auxlogit", "data": data.describe(), "wall_s": round(wall_s, 2),
                **summarise(cfg, acc)}
@@ -175,7 +181,7 @@ def run(
         title=f"Auxiliary-logit transfer on {data.name} (m={cfg.m}, {cfg.n_models} models)",
         ylabel="test accuracy",
     )
-    write_json(out / MANIFEST, _provenance(cfg, data, wall_s, [RESULTS, "accuracy.png"]))
+    write_json(out / MANIFEST, provenance(cfg, data, wall_s, [RESULTS, "accuracy.png"], workers))
     if show:
         print_point(f"auxlogit on {data.name}: {cfg.n_models} models, {wall_s:.0f} s", results)
         print(f"wrote {out}")
@@ -189,6 +195,7 @@ def sweep(
     out: str | Path | None = None,
     show: bool = True,
     data: Dataset | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """One full run per value of `knob`; every point is validated before any training."""
     configs = [cfg.replace(**{knob: v}) for v in values]
@@ -198,10 +205,10 @@ def sweep(
     labels = [_label(v) for v in values]
     points, files = [], [RESULTS]
     start = time.perf_counter()
-    with _progress(show, sum(total_epochs(c) for c in configs)) as advance:
+    with progress(show, sum(total_epochs(c) for c in configs)) as advance:
         for c, label in zip(configs, labels, strict=True):
             t0 = time.perf_counter()
-            acc = run_arms(c, data, advance)
+            acc = run_arms(c, data, advance, workers)
             point = {"value": label, "wall_s": round(time.perf_counter() - t0, 2),
                      **summarise(c, acc)}
             points.append(point)
@@ -225,8 +232,9 @@ def sweep(
             logx=min(xs) > 0 and max(xs) / min(xs) >= 10,
         )
         files.append("sweep.png")
-    write_json(out / MANIFEST, _provenance(cfg, data, wall_s, files, sweep={"knob": knob,
-                                                                            "values": labels}))
+    write_json(out / MANIFEST, provenance(
+        cfg, data, wall_s, files, workers, sweep={"knob": knob, "values": labels}
+    ))
     if show:
         for p in points:
             print_point(f"{knob} = {p['value']} ({p['wall_s']:.0f} s)", p)
