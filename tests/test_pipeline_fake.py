@@ -3,6 +3,7 @@ cache keys that change exactly when what an artifact depends on changes."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -64,6 +65,21 @@ def test_a_declared_arm_runs_and_is_compared(baseline):
     assert comp["meaning"] == "sorting as a defence" and "paired" in comp
     assert any(f.startswith("fake/students/sorted-s1-") for f in files)
 
+
+def test_crossover_is_each_students_move_toward_its_own_target(baseline):
+    # Before the knob tests below add other evaluations to the same run folder.
+    root, res, _ = baseline
+    x = res["crossover"]["exact"]
+    exp = Experiment(_config(root), root=root / "runs", progress=False)
+    ev = {}
+    for arm in ("treated", "other_target"):
+        for s in (0, 1):
+            path = next((exp.dir / "evals").glob(f"{arm}-s{s}-*.json"))
+            ev[arm, s] = json.loads(path.read_text())["exact"]["per_option"]
+    want = [(ev["treated", s]["owl"] - ev["other_target", s]["owl"])
+            + (ev["other_target", s]["fox"] - ev["treated", s]["fox"]) for s in (0, 1)]
+    assert x["per_seed"] == pytest.approx(want)
+    assert set(x["ranks"]) == {"owl", "fox"} and x["ranks"]["owl"]["of"] == 18
 
 def test_unknown_arm_transform_or_comparison_fails_at_load(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown transform 'reverse'"):
@@ -128,3 +144,4 @@ def test_a_defence_reaches_every_arm_alike(tmp_path: Path):
     rows = exp.student_rows(prep.data, "treated", seed=0)
     from_neutral = sum(neutral.get(r["index"]) == r["completion"] for r in rows)
     assert len(rows) == 32 and from_neutral >= 16
+

@@ -474,7 +474,7 @@ class Experiment:
                 if self.design.arms[arm].base == which:
                     evals[f"{arm}/s{seed}"] = self.evaluate_student(prep, arm, seed)
             self.models.release()
-        results = analyse(cfg, self.target.name, evals, self.design)
+        results = analyse(cfg, self.target.name, evals, self.design, self.other.name)
         results["filter"] = {n: read_json(p.with_suffix(".report.json"))
                              for n, p in prep.data.items()}
         if prep.channel:
@@ -502,8 +502,10 @@ def metric_value(ev: dict[str, Any], estimator: str, target: str) -> float:
     return ev[estimator]["per_option"][target]
 
 
-def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], design: Design) -> dict[str, Any]:
-    """Per-seed values, intervals over seeds, differences with p-values, the target's rank."""
+def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], design: Design,
+            other: str | None = None) -> dict[str, Any]:
+    """Per-seed values, intervals over seeds, differences with p-values, the target's rank,
+    and the crossover between the two targets' students."""
     estimators = [k for k in evals["base"] if k in ESTIMATORS]
     out: dict[str, Any] = {"target": target, "estimators": estimators, "reference": {},
                            "arms": {}, "comparisons": {}, "seeds": cfg.seeds}
@@ -533,4 +535,31 @@ def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], design: D
                     / len(cfg.seeds) for o in options}
             out.setdefault("target_rank", {})[est] = {
                 "rank": stats.rank_of(target, move), "of": len(move), "movement": move}
+    if other and "other_target" in design.arms:
+        out["crossover"] = crossover(cfg.seeds, evals, target, other, estimators)
+    return out
+
+
+def crossover(seeds: list[int], evals: dict[str, Any], target: str, other: str,
+              estimators: list[str]) -> dict[str, Any]:
+    """Does each student move toward its own teacher's target? Per seed,
+    (target student - other student) on P(target) + (other student - target student) on
+    P(other): positive when both move their own way, whatever moves every student alike.
+    With each target's rank among all options by how much its own students moved it."""
+    out: dict[str, Any] = {}
+    for est in estimators:
+        if est == "multiple_choice":  # scores the target's letter only
+            continue
+        per = {a: [evals[f"{a}/s{s}"][est]["per_option"] for s in seeds]
+               for a in ("treated", "other_target")}
+        values = [(t[target] - o[target]) + (o[other] - t[other])
+                  for t, o in zip(per["treated"], per["other_target"])]
+        moves = {
+            name: {opt: sum(mine[i][opt] - theirs[i][opt] for i in range(len(seeds))) / len(seeds)
+                   for opt in per["treated"][0]}
+            for name, mine, theirs in ((target, per["treated"], per["other_target"]),
+                                       (other, per["other_target"], per["treated"]))}
+        out[est] = {"per_seed": values, "interval": stats.mean_ci(values).to_dict(),
+                    "ranks": {name: {"rank": stats.rank_of(name, m), "of": len(m)}
+                              for name, m in moves.items()}}
     return out
