@@ -8,7 +8,6 @@ LoRA adapter is loaded on top of the base folder its `adapter_config.json` names
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
@@ -81,11 +80,20 @@ class HFChatModel:
 
     capabilities = frozenset({SAMPLE, SCORE, TRAIN})
 
-    def __init__(self, model: Any, tokenizer: Any, path: Path, batch_size: int = 64):
+    def __init__(self, model: Any, tokenizer: Any, path: Path, batch_size: int = 64,
+                 engine: str = "auto"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.path = path
         self.batch_size = batch_size
+        # Our KV-cache loop is ~1.5x faster than `generate` on a CPU and byte-identical to it
+        # there (benchmarks/bench_sampling.py); GPU kernels can round differently with batch
+        # size, so `generate` stays the default on CUDA.
+        if engine == "auto":
+            engine = "kv" if self.device.type == "cpu" else "generate"
+        if engine not in ("kv", "generate"):
+            raise SublearnError(f"unknown sampling engine {engine!r}; choose kv or generate")
+        self.engine = engine
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if tokenizer.chat_template is None:
@@ -94,7 +102,7 @@ class HFChatModel:
     @classmethod
     def load(
         cls, path: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int = 64,
-        merge: bool = False,
+        merge: bool = False, engine: str = "auto",
     ) -> HFChatModel:
         """Load a folder; an adapter folder is loaded over the base folder it names, and kept
         as an adapter (cheap to hold beside the base) unless `merge`."""
@@ -120,7 +128,7 @@ class HFChatModel:
             model = PeftModel.from_pretrained(model, p)
             if merge:
                 model = model.merge_and_unload()
-        return cls(model, tokenizer, p, batch_size)
+        return cls(model, tokenizer, p, batch_size, engine)
 
     @contextmanager
     def attached(self, adapter_dir: str | Path) -> Iterator[HFChatModel]:
@@ -134,7 +142,7 @@ class HFChatModel:
         p = check_model_folder(adapter_dir)
         peft = PeftModel.from_pretrained(self.model, p)
         try:
-            yield HFChatModel(peft, self.tokenizer, p, self.batch_size)
+            yield HFChatModel(peft, self.tokenizer, p, self.batch_size, self.engine)
         finally:
             peft.unload()
             _forget_peft(self.model)
@@ -186,36 +194,16 @@ class HFChatModel:
             out += self._generate_batch(conversations[start:stop], sampling, seeds[start:stop])
         return out
 
-    @torch.no_grad()
     def _generate_batch(
         self, conversations: Sequence[Messages], sampling: SamplingConfig, seeds: Sequence[int]
     ) -> list[str]:
-        from transformers import GenerationConfig, LogitsProcessorList
+        from sublearn.models.decode import ENGINES
 
-        tok = self.tokenizer
-        tok.padding_side = "left"
-        enc = tok(
-            [self.render(m) for m in conversations],
-            add_special_tokens=False, padding=True, return_tensors="pt",
-        ).to(self.device)
-        mask = self.number_token_mask.to(self.device) if sampling.only_numbers else None
-        gen_config = GenerationConfig(
-            do_sample=False,  # the randomness is ours: Gumbel noise in _RowSampler
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=self.end_ids,
-            pad_token_id=tok.pad_token_id,
-        )
-        ids = self.model.generate(
-            **enc,
-            generation_config=gen_config,
-            logits_processor=LogitsProcessorList([_RowSampler(sampling, seeds, mask)]),
-        )
-        new = ids[:, enc["input_ids"].shape[1] :].tolist()
-        texts = []
-        for row in new:
-            cut = next((k for k, t in enumerate(row) if t in self.end_ids), len(row))
-            texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
-        return texts
+        prompts = [prompt_ids(self.tokenizer, c) for c in conversations]
+        allowed = self.number_token_mask if sampling.only_numbers else None
+        new = ENGINES[self.engine](self.model, prompts, sampling, seeds, self.end_ids,
+                                   self.tokenizer.pad_token_id, allowed)
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
     # --- exact scoring ----------------------------------------------------------------
     def pair_ids(self, conv: Messages, completion: str, close: bool) -> tuple[list[int], int]:
@@ -380,40 +368,3 @@ def cache_kwarg(model: Any) -> str:
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(type(lm).forward).parameters else "past_key_values"
-
-
-class _RowSampler:
-    """Gumbel-max sampling with one random stream per row.
-
-    argmax(log p + Gumbel) is an exact sample from p. Drawing the Gumbel noise from a
-    generator seeded per row makes row i's draws independent of batch size and position,
-    and shared between any two models sampled with the same seeds (common random numbers):
-    a teacher and its control then pick the same token wherever their distributions agree
-    enough, so the difference between their datasets is the trait, not the dice.
-    """
-
-    def __init__(self, sampling: SamplingConfig, seeds: Sequence[int], mask: torch.Tensor | None):
-        self.s = sampling
-        self.mask = mask
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float()
-        if self.mask is not None:
-            scores = scores.masked_fill(~self.mask[: scores.shape[-1]], -math.inf)
-        if self.s.temperature == 0:
-            return scores
-        logp = torch.log_softmax(scores / self.s.temperature, dim=-1)
-        drop = torch.zeros_like(logp, dtype=torch.bool)
-        if self.s.min_prob > 0:
-            drop |= logp < math.log(self.s.min_prob)
-        if self.s.top_p < 1:
-            sorted_lp, order = logp.sort(dim=-1, descending=True)
-            before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()  # mass strictly above
-            drop |= torch.zeros_like(drop).scatter(-1, order, before >= self.s.top_p)
-        # The most likely token always survives, so a row never runs out of choices.
-        drop.scatter_(-1, logp.argmax(-1, keepdim=True), False)
-        logp = logp.masked_fill(drop, -math.inf)
-        u = torch.stack([torch.rand(logp.shape[-1], generator=g) for g in self.gens])
-        gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
-        return logp + gumbel.to(logp.device)
