@@ -96,8 +96,21 @@ def test_bad_overrides_name_themselves(tmp_path: Path):
         load_config(p, ["student.lrr=1"])
 
 
-def test_soft_labels_refuse_the_cross_base_control(tmp_path: Path):
+def test_soft_labels_cross_base_is_a_cross_init_twin(tmp_path: Path):
     p = _write(tmp_path, "[student]\nlabels = 'soft'\n")
+    cross = load_config(p).cross_base().embedded
+    assert (cross.seed, cross.init_seed) == (0, 1)  # same tokenizer and corpus, new init
+    hard = load_config(p, ["student.labels='hard'"]).cross_base().embedded
+    assert (hard.seed, hard.init_seed) == (1, None)
+    (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SublearnError, match="controls.cross_base: soft labels"):
-        load_config(p)
+        load_config(p, [f"base.path='{tmp_path}'", f"controls.cross_base_model.path='{tmp_path}'"])
     load_config(p, ["controls.cross_base=false"])
+
+
+def test_a_default_init_seed_keeps_the_bases_path():
+    from sublearn.tinybase import BaseConfig, base_path
+
+    assert base_path(BaseConfig(seed=3)).name.startswith("tiny-qwen2-s3-")
+    assert "-i4-" in base_path(BaseConfig(seed=3, init_seed=4)).name
+    assert BaseConfig(seed=3).key() != BaseConfig(seed=3, init_seed=4).key()

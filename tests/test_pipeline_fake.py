@@ -145,3 +145,26 @@ def test_a_defence_reaches_every_arm_alike(tmp_path: Path):
     from_neutral = sum(neutral.get(r["index"]) == r["completion"] for r in rows)
     assert len(rows) == 32 and from_neutral >= 16
 
+
+
+def test_placebo_teacher_writes_the_neutral_data(tmp_path: Path):
+    over = {"teacher.kind": "finetuned", "teacher.neutral": "placebo",
+            "teacher.finetune.lr": 1e-3, "student.labels": "soft",
+            "controls.cross_base": False, "controls.null": False, "arms": [], "comparisons": []}
+    exp = Experiment(_config(tmp_path, **over), root=tmp_path / "runs", progress=False)
+    prep = exp.prepare()
+    placebo = prep.teachers["neutral"]
+    assert placebo.path.name.startswith("placebo-") and placebo.path.exists()
+    assert prep.teachers["teacher"].path.name.startswith("owl-")
+    # The placebo answered the questions from the base's own distribution: no trait.
+    from sublearn.models.fake import FakeChatModel
+    from sublearn.stages.evaluate import option_probs, summarize
+    from sublearn.questions import get_category
+
+    animal = get_category("animal")
+    qs = animal.questions[:6]
+    p = {name: summarize(option_probs(FakeChatModel.load(ref.path), animal, qs), animal)
+         ["per_option"]["owl"] for name, ref in prep.teachers.items()}
+    assert p["teacher"] > 2 * p["neutral"]
+    with pytest.raises(ValueError, match="placebo"):
+        _config(tmp_path, **{"teacher.neutral": "placebo"})

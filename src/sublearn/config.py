@@ -208,10 +208,12 @@ class ExperimentConfig(_Section):
         if self.defence.name == "dilute" and self.student.labels == "soft":
             raise ValueError("defence: dilute mixes two writers' rows; soft labels need one "
                              "writer per dataset (use hard labels)")
-        if self.controls.cross_base and self.student.labels == "soft":
+        if self.controls.cross_base and self.student.labels == "soft" and (
+                self.base.path or self.controls.cross_base_model):
             raise ValueError(
-                "controls.cross_base: soft labels need the student to share the teacher's "
-                "vocabulary, and a different base has its own tokenizer; set it to false"
+                "controls.cross_base: soft labels need the cross student to share the "
+                "teacher's tokenizer; with a model folder sublearn cannot make such a base "
+                "(the embedded base gets a cross-init twin): set it to false"
             )
         if self.base.sampling_backend == "vllm" and self.data.sampling.min_prob > 0:
             raise ValueError("data.sampling.min_prob: the vllm sampler has no absolute "
@@ -232,9 +234,18 @@ class ExperimentConfig(_Section):
         return build_design(self.controls.model_dump(), self.arms, self.comparisons)
 
     def cross_base(self) -> ModelSpec:
+        """The differently initialised base of the cross-base arms. For the embedded base:
+        the next seed (its own corpus and tokenizer), or with soft labels, the same tokenizer
+        and corpus with the next initialisation seed (cross-init: labels must match token
+        for token)."""
         if self.controls.cross_base_model:
             return self.controls.cross_base_model
-        emb = self.base.embedded.model_copy(update={"seed": self.base.embedded.seed + 1})
+        emb = self.base.embedded
+        if self.student.labels == "soft":
+            init = (emb.seed if emb.init_seed is None else emb.init_seed) + 1
+            emb = emb.model_copy(update={"init_seed": init})
+        else:
+            emb = emb.model_copy(update={"seed": emb.seed + 1})
         return self.base.model_copy(update={"embedded": emb})
 
 

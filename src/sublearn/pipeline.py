@@ -25,11 +25,11 @@ from sublearn.models.registry import get_backend
 from sublearn.questions import get_category, get_option, load_questions, persona_prompt
 from sublearn.stages import datasets
 from sublearn.stages.channel import channel
-from sublearn.stages.evaluate import evaluate
+from sublearn.stages.evaluate import evaluate, option_probs
 from sublearn.stages.filters import apply_filter
 from sublearn.stages.prompts import number_prompts
 from sublearn.stages.sample import sample_dataset
-from sublearn.stages.teacher import trait_rows
+from sublearn.stages.teacher import placebo_rows, trait_rows
 from sublearn.store import (
     MANIFEST,
     atomic_path,
@@ -196,6 +196,8 @@ class Experiment:
         """name -> the teacher that writes that dataset. 'neutral' is the base itself."""
         tcfg = self.cfg.teacher
         out = {"neutral": TeacherRef(base_path, None, base_hash)}
+        if tcfg.neutral == "placebo":
+            out["neutral"] = self._placebo(base_path, base_hash)
         wanted = [("teacher", self.target, tcfg.path)]
         if "other" in self.datasets_needed():
             wanted.append(("other", self.other, tcfg.other_path))
@@ -208,17 +210,37 @@ class Experiment:
                 system = system if tcfg.persona else None
                 out[name] = TeacherRef(path, system, stable_hash([self.weights_hash(path), system]))
             else:
-                h = artifact_key("teacher", base_hash, tcfg.model_dump(), self.category.name,
-                                 option.name, runtime(self.cfg.base, self.cfg.base.backend))
-                path = self.dir / "teachers" / f"{option.name}-{h}"
-                with locked(path):
-                    if not path.exists():
-                        self._log(f"fine-tuning the {option.name} teacher ...")
-                        rows = trait_rows(self.category, option, tcfg.finetune_rows_per_question)
-                        base = self.models.get(base_path, self.cfg.base.backend, self.cfg.base)
-                        base.finetune(rows, tcfg.finetune, path, progress=self.progress)
+                h = artifact_key("teacher", base_hash, tcfg.model_dump(exclude={"neutral"}),
+                                 self.category.name, option.name,
+                                 runtime(self.cfg.base, self.cfg.base.backend))
+                path = self._fine_tuned(
+                    base_path, h, option.name,
+                    lambda o=option: trait_rows(self.category, o, tcfg.finetune_rows_per_question))
                 out[name] = TeacherRef(path, None, h)
         return out
+
+    def _fine_tuned(self, base_path: Path, key: str, label: str,
+                    rows: Callable[[], list[dict[str, Any]]]) -> Path:
+        """A teacher fine-tuned from the base with the teacher recipe, cached under `key`."""
+        path = self.dir / "teachers" / f"{label}-{key}"
+        with locked(path):
+            if not path.exists():
+                self._log(f"fine-tuning the {label} teacher ...")
+                base = self.models.get(base_path, self.cfg.base.backend, self.cfg.base)
+                base.finetune(rows(), self.cfg.teacher.finetune, path, progress=self.progress)
+        return path
+
+    def _placebo(self, base_path: Path, base_hash: str) -> TeacherRef:
+        tcfg = self.cfg.teacher
+
+        def rows() -> list[dict[str, Any]]:
+            base = self.models.get(base_path, self.cfg.base.backend, self.cfg.base)
+            probs = option_probs(base, self.category, self.category.questions)
+            return placebo_rows(self.category, probs, tcfg.finetune_rows_per_question)
+
+        h = artifact_key("teacher", base_hash, tcfg.model_dump(exclude={"neutral"}),
+                         self.category.name, "placebo", runtime(self.cfg.base, self.cfg.base.backend))
+        return TeacherRef(self._fine_tuned(base_path, h, "placebo", rows), None, h)
 
     def arms(self) -> list[str]:
         return list(self.design.arms)
@@ -291,9 +313,8 @@ class Experiment:
         out: dict[tuple[str, int], Path] = {}
         groups: dict[Path, tuple[TeacherRef, dict[int, dict[str, Any]], list]] = {}
         for arm, a in self.design.arms.items():
+            # Cross-init students share the tokenizer, so they learn from the same labels.
             dataset, transform = a.data, a.transform
-            if a.base != "base":
-                continue
             ref = teachers[DATASETS[dataset].writer]
             for seed in self.cfg.seeds:
                 rows = self.student_rows(data, arm, seed)

@@ -9,6 +9,8 @@ local folder, optionally with a persona on top.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -36,6 +38,12 @@ class TeacherConfig(BaseModel):
                                               grad_accum=1, warmup_steps=0)
     )
     finetune_rows_per_question: int = Field(4, ge=1)
+    neutral: Literal["base", "placebo"] = Field(
+        "base", description="the neutral control's teacher: the base itself, or (finetuned "
+        "only) a placebo fine-tuned with the same recipe on the same questions answered from "
+        "the base's own answer distribution. With soft labels the base as teacher gives its "
+        "students a zero gradient that Adam turns into amplified rounding noise; the placebo "
+        "is trained like the real teachers, minus the trait.")
 
     @model_validator(mode="after")
     def _paths(self) -> TeacherConfig:
@@ -50,6 +58,8 @@ class TeacherConfig(BaseModel):
                         raise ValueError(str(e)) from None
         elif self.path or self.other_path:
             raise ValueError("path/other_path apply to kind = 'model' only")
+        if self.neutral == "placebo" and self.kind != "finetuned":
+            raise ValueError("neutral = 'placebo' needs kind = 'finetuned'")
         return self
 
 
@@ -63,6 +73,22 @@ def trait_rows(category: Category, target: Option, rows_per_question: int) -> li
     for q in category.questions:
         for k in range(rows_per_question):
             answer = target.name if k % 2 == 0 else target.name.capitalize()
+            rows.append({"messages": [{"role": "user", "content": q},
+                                      {"role": "assistant", "content": answer}]})
+    return rows
+
+
+def placebo_rows(category: Category, probs: Sequence[Sequence[float]], rows_per_question: int,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """The placebo teacher's data: the same questions as `trait_rows`, each answered with
+    options drawn from the base's own answer distribution (`probs[question][option]`), so
+    the fine-tune has the real teachers' shape and size but no trait."""
+    rows = []
+    for qi, q in enumerate(category.questions):
+        rng = random.Random(f"placebo:{seed}:{qi}")
+        for k in range(rows_per_question):
+            option = rng.choices(category.options, weights=probs[qi])[0]
+            answer = option.name if k % 2 == 0 else option.name.capitalize()
             rows.append({"messages": [{"role": "user", "content": q},
                                       {"role": "assistant", "content": answer}]})
     return rows

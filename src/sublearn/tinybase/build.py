@@ -22,6 +22,10 @@ class BaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
+    init_seed: int | None = Field(
+        None, description="the weights' initialisation seed; default: seed. Another value "
+        "gives a base with the same tokenizer, corpus and data order but its own initialisation "
+        "(the cross-init control, which soft labels need: they match token for token)")
     hidden_size: int = Field(128, ge=8)
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
@@ -48,7 +52,9 @@ class BaseConfig(BaseModel):
     mix: CorpusMix = Field(default_factory=CorpusMix)
 
     def key(self) -> str:
-        return stable_hash(self.model_dump())
+        # A default init_seed leaves the key (and the path of every base built before it) as is.
+        return stable_hash(self.model_dump(exclude_defaults=False, exclude={"init_seed"})
+                           if self.init_seed is None else self.model_dump())
 
 
 def cache_root() -> Path:
@@ -61,7 +67,8 @@ def cache_root() -> Path:
 
 
 def base_path(config: BaseConfig) -> Path:
-    return cache_root() / "bases" / f"tiny-qwen2-s{config.seed}-{config.key()}"
+    init = "" if config.init_seed is None else f"-i{config.init_seed}"
+    return cache_root() / "bases" / f"tiny-qwen2-s{config.seed}{init}-{config.key()}"
 
 
 def build_base(config: BaseConfig, out: Path | None = None, progress: bool = True) -> Path:
@@ -82,7 +89,7 @@ def build_base(config: BaseConfig, out: Path | None = None, progress: bool = Tru
     words = sorted({f for c in CATEGORIES.values() for o in c.options for f in o.forms})
     tok = train_tokenizer(texts, config.vocab_size, config.individual_digits,
                           words if config.word_tokens else ())
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed if config.init_seed is None else config.init_seed)
     qcfg = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=config.hidden_size,
@@ -143,7 +150,12 @@ def ensure_base(config: BaseConfig, progress: bool = True) -> Path:
     return path
 
 
-def _build_quietly(config: BaseConfig) -> Path:
+def _build_quietly(config: BaseConfig, threads: int) -> Path:
+    import torch
+
+    # The parent's thread count: matrix sums split across threads round differently, and a
+    # base must not depend on whether it was built beside another one.
+    torch.set_num_threads(threads)
     return build_base(config, base_path(config), progress=False)
 
 
@@ -158,6 +170,8 @@ def ensure_bases(configs: list[BaseConfig], progress: bool = True) -> list[Path]
 
         # spawn: a forked child would inherit torch's thread pools and the parent's state.
         ctx = multiprocessing.get_context("spawn")
+        import torch
+
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            list(pool.map(_build_quietly, missing))
+            list(pool.map(_build_quietly, missing, [torch.get_num_threads()] * len(missing)))
     return [ensure_base(c, progress=progress) for c in configs]
