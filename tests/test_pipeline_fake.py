@@ -158,8 +158,8 @@ def test_placebo_teacher_writes_the_neutral_data(tmp_path: Path):
     assert prep.teachers["teacher"].path.name.startswith("owl-")
     # The placebo answered the questions from the base's own distribution: no trait.
     from sublearn.models.fake import FakeChatModel
-    from sublearn.stages.evaluate import option_probs, summarize
     from sublearn.questions import get_category
+    from sublearn.stages.evaluate import option_probs, summarize
 
     animal = get_category("animal")
     qs = animal.questions[:6]
