@@ -7,8 +7,8 @@ import torch
 
 from sublearn.errors import SublearnError
 from sublearn.models import load_model
-from sublearn.models.recipe import StudentRecipe
 from sublearn.models.persona import Persona
+from sublearn.models.recipe import StudentRecipe
 from sublearn.models.training import _batches
 
 N = [{"role": "user", "content": "Continue: 512, 640, 128. Up to 4 more numbers."}]
@@ -71,6 +71,9 @@ def test_lora_training_leaves_the_resident_base_as_it_was(micro_model, tmp_path:
     assert sum(trained) > sum(plain)
     assert micro_model.completion_logprobs([N], ["1, 2"])[0] == pytest.approx(plain, abs=1e-6)
     assert all(torch.equal(before[k], v) for k, v in micro_model.model.state_dict().items())
+    # Nor frozen: PEFT freezes what it wraps, which makes CPU matmuls in bf16 crawl.
+    assert all(p.requires_grad for p in micro_model.model.parameters())
+    assert not micro_model.model.is_gradient_checkpointing
 
 
 def test_chunked_loss_equals_the_whole_vocabulary_loss(micro_model, monkeypatch):
@@ -80,7 +83,8 @@ def test_chunked_loss_equals_the_whole_vocabulary_loss(micro_model, monkeypatch)
     recipe = StudentRecipe()
     batch = [training._example(micro_model, r, recipe, i) for i, r in enumerate(rows)]
     whole = training._batch_loss(micro_model, micro_model.model, batch, [1.0, 1.0], None)
-    monkeypatch.setattr(training, "CHUNK", 3)
+    monkeypatch.setattr(training, "CHUNK_BYTES", 3 * 4 * micro_model.model.config.vocab_size)
+    monkeypatch.setattr(training, "chunk_positions", lambda columns: 3)
     chunked = training._batch_loss(micro_model, micro_model.model, batch, [1.0, 1.0], None)
     ref = -sum(sum(lp) for lp in micro_model.completion_logprobs([N, N], ["1, 2", "33; 4"]))
     assert float(whole) == pytest.approx(float(chunked), rel=1e-5)
@@ -107,3 +111,16 @@ def test_batches_cover_each_epoch_once(group: bool):
     batches = _batches(lengths, recipe, needed=4)  # one epoch: 3+3+3+1
     assert sorted(i for b in batches for i in b) == list(range(10))
     assert _batches(lengths, recipe, 4) == batches
+
+
+def test_gradient_checkpointing_trains_the_same_and_is_switched_off(micro_model, tmp_path: Path):
+    rows = [{"messages": [*N, {"role": "assistant", "content": "4, 5, 6"}]}] * 4
+    outs = []
+    for gc in (False, True):
+        recipe = StudentRecipe(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, warmup_steps=0,
+                               gradient_checkpointing=gc)
+        out = micro_model.finetune(rows, recipe, tmp_path / f"gc{gc}", progress=False)
+        with micro_model.attached(out) as student:
+            outs.append(student.completion_logprobs([N], ["4, 5, 6"])[0])
+        assert not micro_model.model.is_gradient_checkpointing
+    assert outs[0] == pytest.approx(outs[1], abs=1e-5)

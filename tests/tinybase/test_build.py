@@ -93,5 +93,18 @@ def test_missing_bases_are_built_side_by_side(tmp_path: Path, monkeypatch):
     assert paths == [base_path(c) for c in cfgs] and paths[0] == paths[2]
     assert all((p / MANIFEST).exists() for p in paths)
     if (os.cpu_count() or 1) > 1:  # built by worker processes, with the same result
-        again = build_base(cfgs[1], tmp_path / "here", progress=False)
-        assert read_json(again / MANIFEST)["weights_hash"] == read_json(paths[1] / MANIFEST)["weights_hash"]
+        # ... as a build in a fresh process with this process's thread count (this process
+        # has run other tests, which may leave library state behind).
+        import subprocess
+        import sys
+
+        import torch
+
+        code = ("import sys, torch; from sublearn.tinybase import BaseConfig, build_base; "
+                f"torch.set_num_threads({torch.get_num_threads()}); "
+                f"build_base(BaseConfig.model_validate_json(sys.argv[1]), "
+                f"__import__('pathlib').Path(sys.argv[2]), progress=False)")
+        subprocess.run([sys.executable, "-c", code, cfgs[1].model_dump_json(),
+                        str(tmp_path / "here")], check=True)
+        assert (read_json(tmp_path / "here" / MANIFEST)["weights_hash"]
+                == read_json(paths[1] / MANIFEST)["weights_hash"])

@@ -128,6 +128,7 @@ class HFChatModel:
             model = PeftModel.from_pretrained(model, p)
             if merge:
                 model = model.merge_and_unload()
+            model.requires_grad_(True)  # unfrozen: see training._trainable
         return cls(model, tokenizer, p, batch_size, engine)
 
     @contextmanager
@@ -141,6 +142,8 @@ class HFChatModel:
 
         p = check_model_folder(adapter_dir)
         peft = PeftModel.from_pretrained(self.model, p)
+        # PEFT freezes the base; a frozen bf16 output layer is slow on a CPU (training._trainable).
+        peft.requires_grad_(True)
         try:
             yield HFChatModel(peft, self.tokenizer, p, self.batch_size, self.engine)
         finally:

@@ -31,8 +31,13 @@ from sublearn.store import atomic_path
 if TYPE_CHECKING:
     from sublearn.models.hf import HFChatModel
 
-# Completion positions per output-layer chunk: 1,024 x 152k fp32 logits are 0.6 GB.
-CHUNK = 1024
+# Bytes of fp32 logits per output-layer chunk: 64 MiB is ~110 positions of a 152k vocabulary
+# (one chunk of 1,024 positions was 0.6 GB there) and thousands of the embedded base's.
+CHUNK_BYTES = 64 * 2**20
+
+
+def chunk_positions(columns: int) -> int:
+    return max(16, CHUNK_BYTES // (4 * columns))
 # Bytes per parameter for full fine-tuning with AdamW and fp32 master weights: weights,
 # gradients, and the two moment estimates.
 FULL_FT_BYTES_PER_PARAM = 16
@@ -157,7 +162,26 @@ def _trainable(base: HFChatModel, recipe: StudentRecipe) -> Iterator[torch.nn.Mo
     finally:
         net.unload()
         _forget_peft(base.model)
+        _checkpointing(base.model, False)
+        # PEFT froze the base; leave it as it was. A frozen bf16 output layer also sends
+        # PyTorch's CPU matmul down a path that copies the weight per row (measured: a
+        # 64-prompt sampling pass went from 7 s to 129 s after one LoRA student).
+        base.model.requires_grad_(True)
         base.model.eval()
+
+
+def _checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Activation checkpointing on or off (transformers' newer name, else the older one)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if on:
+        enable = getattr(lm, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif getattr(lm, "is_gradient_checkpointing", False):
+        disable = getattr(lm, "activation_checkpointing_disable", None)
+        (disable or lm.gradient_checkpointing_disable)()
 
 
 def finetune(
@@ -175,7 +199,7 @@ def finetune(
     with _trainable(base, recipe) as net:
         net.train()
         if recipe.gradient_checkpointing:
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _checkpointing(net, True)
             if recipe.method == "lora":
                 net.enable_input_require_grads()
         _train(base, net, examples, recipe, progress)
@@ -247,8 +271,9 @@ def _batch_loss(base: HFChatModel, lm: torch.nn.Module, batch: list, weights: li
         target = torch.cat([b[2] for b in batch]).to(ids.device)
     head = lm.get_output_embeddings()
     total = h.new_zeros((), dtype=torch.float32)
-    for s in range(0, len(pos), CHUNK):
-        sl = slice(s, s + CHUNK)
+    step = chunk_positions(head.weight.shape[0] if columns is None else len(columns))
+    for s in range(0, len(pos), step):
+        sl = slice(s, s + step)
         # Recomputed in backward: only one chunk's logits are ever alive.
         total = total + checkpoint(_chunk_loss, h[sl], head.weight, target[sl], w[sl], columns,
                                    use_reentrant=False)
