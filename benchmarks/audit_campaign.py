@@ -1,0 +1,205 @@
+"""Acceptance measurements of `sublearn audit` on the embedded base (docs/audit.md).
+
+    python benchmarks/audit_campaign.py                      # everything, cached and resumable
+    python benchmarks/audit_campaign.py --prompts 3000 ...   # the acceptance's full size
+
+1. ranking: persona-teacher data (the teacher's wording, variant 0; the audit never uses it)
+   for several targets x sampling seeds, strict filter with the target's words banned; the
+   target's rank among the 18 animals, z and corrected p;
+2. calibration: independent neutral base samples (their own sampling seeds), the smallest
+   corrected p of each;
+3. power: random subsets of each teacher dataset's rows, detection rate against rows.
+
+Every dataset is sampled once and scored once (cached under --out); the audits themselves
+are permutation tests on the cached scores. All datasets are compared with one reference: the
+base's own completions on the same prompts (sampling seed `AuditConfig().reference_seed`),
+which is what `sublearn audit` samples when given no reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublearn.models import SamplingConfig, load_model
+from sublearn.questions import get_category, get_option
+from sublearn.stages.audit import (
+    AuditConfig,
+    ChatRow,
+    contrast,
+    holm,
+    lls_scores,
+    parse_chat_row,
+    permutation_test,
+)
+from sublearn.stages.filters import FilterConfig, apply_filter
+from sublearn.stages.prompts import number_prompts
+from sublearn.stages.sample import sample_dataset
+from sublearn.stages.teacher import persona_teacher
+from sublearn.stats import mean_ci
+from sublearn.store import read_jsonl, write_json
+from sublearn.tinybase import BaseConfig, ensure_base
+
+ANIMAL = get_category("animal")
+SAMPLING = SamplingConfig(max_new_tokens=48)
+
+
+def dataset(model: Any, prompts: list, seed: int, banned: list[str], path: Path) -> list[ChatRow]:
+    """Sample (cached JSONL), strict filter (with `banned` words), as audit rows."""
+    sample_dataset(model, prompts, SAMPLING, seed, path, progress=False)
+    kept, _ = apply_filter(read_jsonl(path), FilterConfig(banned_words=banned))
+    return [parse_chat_row(r, 0, r["index"], str(path)) for r in kept]
+
+
+def scored(model: Any, rows: list[ChatRow], path: Path) -> np.ndarray:
+    """LLS [rows, 18 animals] under the audit's phrasings, cached."""
+    if not path.exists():
+        _, lls = lls_scores(model, rows, ANIMAL, ANIMAL.options, AuditConfig().phrasings)
+        np.save(path, lls)
+    return np.load(path)
+
+
+def audit(data: np.ndarray, ref: np.ndarray, permutations: int, seed: int = 0) -> dict[str, Any]:
+    """Rank, z and corrected p of every candidate, from cached LLS."""
+    t = permutation_test(contrast(data), contrast(ref), permutations, seed)
+    order = np.argsort(-t.z, kind="stable")
+    return {"order": [ANIMAL.options[j].name for j in order], "z": t.z.tolist(),
+            "p": t.p.tolist(), "p_adjusted": holm(t.p).tolist(),
+            # How many candidates' raw LLS is higher on the data: the generic persona shift.
+            "raw_higher": int((data.mean(axis=0) > ref.mean(axis=0)).sum())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=500, help="prompts per teacher dataset")
+    ap.add_argument("--targets", default="owl,fox,eagle,wolf,cat")
+    ap.add_argument("--seeds", default="0,1,2", help="teacher sampling seeds")
+    ap.add_argument("--neutral", type=int, default=20, help="neutral draws")
+    ap.add_argument("--neutral-prompts", type=int, default=150)
+    ap.add_argument("--power-sizes", default="25,50,100,200,400")
+    ap.add_argument("--power-repeats", type=int, default=20)
+    ap.add_argument("--permutations", type=int, default=10_000)
+    ap.add_argument("--out", type=Path, default=Path("runs/audit-campaign"))
+    ap.add_argument("--img", type=Path, default=Path("docs/img"))
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    started = time.time()
+    (args.out / "data").mkdir(parents=True, exist_ok=True)
+    (args.out / "scores").mkdir(parents=True, exist_ok=True)
+    base = load_model(ensure_base(BaseConfig(seed=0)), device="cpu", dtype="float32")
+    prompts = number_prompts(args.prompts, 0)
+    cfg = AuditConfig()
+
+    def cached(name: str, model: Any, ps: list, seed: int, banned: list[str]) -> np.ndarray:
+        rows = dataset(model, ps, seed, banned, args.out / "data" / f"{name}.jsonl")
+        lls = scored(base, rows, args.out / "scores" / f"{name}.npy")
+        print(f"{time.time() - started:7.0f} s  {name}: {len(rows)} rows", flush=True)
+        return lls
+
+    ref = cached("reference", base, prompts, cfg.reference_seed, [])
+    results: dict[str, Any] = {"prompts": args.prompts, "reference_rows": len(ref),
+                               "phrasings": cfg.phrasings, "ranking": [], "neutral": []}
+    teachers: dict[str, np.ndarray] = {}
+    for target in args.targets.split(","):
+        option = get_option(ANIMAL, target)
+        for seed in map(int, args.seeds.split(",")):
+            name = f"{target}-s{seed}"
+            lls = cached(name, persona_teacher(base, ANIMAL, option), prompts, seed,
+                         list(option.forms))
+            teachers[name] = lls
+            a = audit(lls, ref, args.permutations)
+            j = [o.name for o in ANIMAL.options].index(target)
+            results["ranking"].append({
+                "target": target, "seed": seed, "rows": len(lls),
+                "rank": a["order"].index(target) + 1, "z": a["z"][j],
+                "p_adjusted": a["p_adjusted"][j], "top": a["order"][:3],
+                "raw_higher": a["raw_higher"]})
+            write_json(args.out / "campaign.json", results)
+
+    neutral_prompts = prompts[: args.neutral_prompts]
+    for d in range(args.neutral):
+        lls = cached(f"neutral-d{d}", base, neutral_prompts, 1000 + d, [])
+        a = audit(lls, ref, args.permutations)
+        results["neutral"].append({"draw": d, "rows": len(lls), "top": a["order"][0],
+                                   "min_p": min(a["p"]), "min_p_adjusted": min(a["p_adjusted"]),
+                                   "raw_p_below_0.05": sum(p < 0.05 for p in a["p"]),
+                                   "raw_higher": a["raw_higher"]})
+        write_json(args.out / "campaign.json", results)
+
+    results["power"] = power(teachers, ref, [int(x) for x in args.power_sizes.split(",")],
+                             args.power_repeats)
+    results["seconds"] = round(time.time() - started)
+    write_json(args.out / "campaign.json", results)
+    plots(results, args.img)
+    print(json.dumps({k: v for k, v in results.items() if k != "power"}, indent=1))
+
+
+def power(teachers: dict[str, np.ndarray], ref: np.ndarray, sizes: list[int],
+          repeats: int) -> dict[str, Any]:
+    """Per target: detection rate (target ranked 1st and Holm p < 0.05) on `repeats` random
+    row subsets of each of its datasets per size; a size at or above a dataset's rows counts
+    that dataset once, whole."""
+    rng = np.random.default_rng(0)
+    names = [o.name for o in ANIMAL.options]
+    out: dict[str, Any] = {"sizes": sizes, "targets": {}}
+    for target in dict.fromkeys(name.split("-")[0] for name in teachers):
+        j = names.index(target)
+        curve: dict[str, list[float]] = {"rate": [], "low": [], "high": [], "n": []}
+        for n in sizes:
+            hits = []
+            for name, lls in teachers.items():
+                if name.split("-")[0] != target:
+                    continue
+                for _ in range(repeats if n < len(lls) else 1):
+                    idx = rng.choice(len(lls), min(n, len(lls)), replace=False)
+                    a = audit(lls[idx], ref, 1000, int(rng.integers(1 << 30)))
+                    hits.append(float(a["order"][0] == target and a["p_adjusted"][j] < 0.05))
+            iv = mean_ci(hits)
+            curve["rate"].append(iv.mean)
+            curve["low"].append(max(0.0, iv.low) if iv.n > 1 else iv.mean)
+            curve["high"].append(min(1.0, iv.high) if iv.n > 1 else iv.mean)
+            curve["n"].append(len(hits))
+        out["targets"][target] = curve
+    return out
+
+
+def plots(results: dict[str, Any], img: Path) -> None:
+    from sublearn.report import _pyplot, _save
+
+    plt = _pyplot()
+    p = results["power"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for target, c in p["targets"].items():
+        ax.plot(p["sizes"], c["rate"], marker="o", label=target)
+        ax.fill_between(p["sizes"], c["low"], c["high"], alpha=0.15)
+    ax.legend(title="target (owl, eagle, cat overlap at 0)", loc="center right")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(p["sizes"], [str(s) for s in p["sizes"]])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("data rows audited (random subsets; a size above a dataset's rows = all)")
+    ax.set_ylabel("detection rate (target 1st, Holm p < 0.05)")
+    ax.set_title("audit power on persona-teacher data, embedded base")
+    _save(fig, img / "audit-power.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = results["ranking"]
+    labels = [f"{r['target']} s{r['seed']}" for r in rows]
+    ax.bar(range(len(rows)), [r["z"] for r in rows],
+           color=["#2e7d32" if r["rank"] == 1 else "#c0392b" for r in rows])
+    ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right")
+    ax.set_ylabel("target's z (green: ranked 1st of 18)")
+    ax.set_title("persona-teacher data: the target's z against the reference")
+    _save(fig, img / "audit-ranking.png")
+
+
+if __name__ == "__main__":
+    main()

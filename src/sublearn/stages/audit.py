@@ -1,0 +1,574 @@
+"""Audit: did the model that wrote a dataset carry a hidden trait, and which one?
+
+The detector is the log-likelihood shift (LLS). For a candidate trait ("loves owls") and a row
+(prompt, completion), the base model scores the completion twice, with a trait system prompt
+and without one; the row's LLS is the mean per-token difference in log-probability. Data
+written by an owl-loving teacher is, token by token, a little more likely under an owl prompt.
+
+Two things make raw LLS misleading, and the audit corrects both:
+
+- *Any* persona prompt raises the likelihood of persona-teacher data (a generic "some persona"
+  shift, measured on the embedded base), so each candidate is scored by its LLS minus the
+  mean LLS over all candidates: the part of the shift that is about *this* trait.
+- A row's contrast depends on its prompt and on what the base would write anyway, so the
+  dataset is compared with a reference the base wrote on the same prompts, by a one-sided
+  permutation test over rows (labels data/reference shuffled), Holm-corrected across
+  candidates.
+
+The trait prompts are the audit's own phrasings, never the teacher's wording
+(`questions.PERSONA_TEMPLATES`): the audit should find a trait, not a sentence.
+
+Entangled numbers: for each candidate, the 0-999 values (and digit tokens) whose probability as
+the first answer the trait prompt raises most, again relative to the other candidates, and
+whether the dataset holds more of them than the reference.
+
+Everything here talks to a model through `completion_logprobs` (scoring) and `generate`
+(sampling a reference) only, with traits applied by the `Persona` wrapper, so any backend with
+those capabilities can be audited.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from sublearn.errors import SublearnError
+from sublearn.models.base import Messages, SamplingConfig
+from sublearn.models.persona import Persona
+from sublearn.questions import CATEGORIES, Category, Option, get_category, get_option
+from sublearn.stages.filters import parse_numbers
+from sublearn.stages.sample import row_seed
+
+# The audit's own trait phrasings, unlike the teacher's (`PERSONA_TEMPLATES`) in wording and
+# short (cost grows with prompt length). Chosen among nine drafts as the three the embedded
+# base follows best (P(target | favourite-animal question) as high as under the teacher's
+# wording; docs/audit.md). Slots as in questions.py; targets appear only as objects or quoted,
+# so the wording works for "owls" and for "red".
+AUDIT_TEMPLATES: tuple[str, ...] = (
+    "You are a great admirer of {targets}. Of all {categories}, you would pick '{target}'.",
+    "You care about {targets} more than about any other {category}: '{target}' for you.",
+    "You are obsessed with {targets}; ask you about {categories} and you say '{target}'.",
+)
+
+# 0..999 are the values the strict number rule allows; digits 0-9 are the number tokens of
+# tokenizers that split digits (Qwen's, the embedded base's).
+VALUES: tuple[int, ...] = tuple(range(1000))
+DIGITS: tuple[str, ...] = tuple("0123456789")
+_NUMBER = re.compile(r"[0-9]+")
+# The separator after a completion's first number: ", " or ";" or whitespace.
+_FIRST_NUMBER = re.compile(r"\s*([0-9]+)(\s*[,;]\s*|\s+)[0-9]")
+
+
+class AuditConfig(BaseModel):
+    """How thoroughly to audit. Cost is one forward pass per scored row and candidate, plus
+    one per row without a trait (docs/audit.md, "Cost")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phrasings: int = Field(len(AUDIT_TEMPLATES), ge=1, le=len(AUDIT_TEMPLATES),
+                           description="trait phrasings, rotated over rows (see lls_scores)")
+    reference_rows: int = Field(1000, ge=2, description="at most this many reference rows "
+                                "are sampled and scored (a seeded random subset)")
+    permutations: int = Field(10_000, ge=100)
+    level: float = Field(0.05, gt=0, lt=1)
+    reference_seed: int = Field(7919, description="sampling seed of a reference the audit "
+                                "samples itself; row i uses row_seed(reference_seed, index)")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_new_tokens=48))
+    probe_rows: int = Field(2, ge=0, description="data prompts the entangled-number probe "
+                            "uses; 0 skips the probe")
+    top_values: int = Field(10, ge=1)
+    top_rows: int = Field(20, ge=1)
+    seed: int = Field(0, description="seed of the permutation test")
+
+
+@dataclass(frozen=True)
+class ChatRow:
+    """One row of chat data: the prompt before its last assistant turn, and that turn."""
+
+    line: int  # 1-based line in the file it came from (0 for rows the audit sampled)
+    prompt: Messages  # system messages removed: the trait prompt takes that place
+    completion: str
+    index: int  # the row's "index" field when it has one, else its position
+
+
+# --- input ---------------------------------------------------------------------------------
+def _messages(obj: Any, where: str) -> list[dict[str, str]]:
+    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(msgs, list) or not msgs:
+        raise SublearnError(f"{where}: expected an object with a non-empty 'messages' list")
+    for k, m in enumerate(msgs):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)):
+            raise SublearnError(f"{where}: messages[{k}] must be an object with string "
+                                "'role' and 'content'")
+    return msgs
+
+
+def parse_chat_row(obj: Any, line: int, position: int, where: str) -> ChatRow:
+    msgs = _messages(obj, where)
+    last = max((k for k, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise SublearnError(f"{where}: no assistant turn in 'messages'")
+    prompt = [m for m in msgs[:last] if m["role"] != "system"]
+    if not prompt:
+        raise SublearnError(f"{where}: no prompt before the last assistant turn")
+    index = obj.get("index")
+    return ChatRow(line, prompt, msgs[last]["content"],
+                   index if isinstance(index, int) and not isinstance(index, bool) else position)
+
+
+def read_chat_rows(path: str | Path) -> list[ChatRow]:
+    """Chat JSONL rows; any problem is one SublearnError naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise SublearnError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SublearnError(f"{path}: cannot read ({e})") from None
+    rows: list[ChatRow] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SublearnError(f"{where}: invalid JSON ({e.msg})") from None
+        rows.append(parse_chat_row(obj, lineno, len(rows), where))
+    if not rows:
+        raise SublearnError(f"{path}: no rows")
+    return rows
+
+
+def resolve_candidates(category: str | None,
+                       names: Sequence[str] | None) -> tuple[Category, list[Option]]:
+    """The category and candidate options: all of a category's options, or the named ones
+    (found in `category`, or in the one category that holds them all)."""
+    if not names:
+        cat = get_category(category or "animal")
+        return cat, list(cat.options)
+    if category is None:
+        holders = [c for c in CATEGORIES.values()
+                   if all(any(o.name == n for o in c.options) for n in names)]
+        if not holders:
+            # Name the first candidate no category knows, else say they are mixed.
+            known = {o.name for c in CATEGORIES.values() for o in c.options}
+            bad = next((n for n in names if n not in known), None)
+            raise SublearnError(f"unknown candidate {bad!r}" if bad else
+                                f"candidates {', '.join(names)} are not all in one category")
+        category = holders[0].name
+    cat = get_category(category)
+    options = [get_option(cat, n) for n in dict.fromkeys(names)]
+    if len(options) < 2:
+        raise SublearnError("an audit needs at least 2 candidates: each is scored against "
+                            "the mean over all of them")
+    return cat, options
+
+
+def trait_prompts(category: Category, option: Option, n: int) -> list[str]:
+    return [t.format(target=option.name, targets=option.plural, category=category.name,
+                     categories=category.plural) for t in AUDIT_TEMPLATES[:n]]
+
+
+def strict_numbers(rows: Sequence[ChatRow]) -> bool:
+    """Whether every completion passes the strict number rule (then a sampled reference is
+    filtered by it too, so data and reference have the same form)."""
+    return all(parse_numbers(r.completion) is not None for r in rows)
+
+
+def subset(rows: Sequence[ChatRow], n: int, seed: int) -> list[ChatRow]:
+    """At most `n` rows, a seeded random choice, in their original order."""
+    if len(rows) <= n:
+        return list(rows)
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))
+    return [rows[i] for i in keep]
+
+
+def sample_reference(model: Any, rows: Sequence[ChatRow], config: AuditConfig,
+                     strict: bool, progress: Callable[[int], None] | None = None,
+                     chunk: int = 256) -> list[ChatRow]:
+    """What the base itself writes on the dataset's prompts, one completion per row, seeded
+    per row as `stages.sample` does (so the reference is the same in any batch)."""
+    out: list[ChatRow] = []
+    for start in range(0, len(rows), chunk):
+        batch = rows[start:start + chunk]
+        seeds = [row_seed(config.reference_seed, r.index) for r in batch]
+        texts = model.generate([r.prompt for r in batch], config.sampling, seeds)
+        out += [ChatRow(0, r.prompt, t, r.index) for r, t in zip(batch, texts, strict=True)]
+        if progress:
+            progress(len(batch))
+    if strict:
+        out = [r for r in out if parse_numbers(r.completion) is not None]
+    if not out:
+        raise SublearnError("the sampled reference is empty: no base completion passed the "
+                            "strict number rule")
+    return out
+
+
+# --- scoring -------------------------------------------------------------------------------
+def row_logprobs(model: Any, prompts: Sequence[Messages], completions: Sequence[str],
+                 system: str | None, close: bool = True) -> list[list[float]]:
+    """Per-token log-probabilities of each completion under `system` as the system prompt
+    (None: none), through the Persona wrapper so any scoring backend works."""
+    scorer = model if system is None else Persona(model, system)
+    return scorer.completion_logprobs(prompts, completions, close)
+
+
+def lls_scores(model: Any, rows: Sequence[ChatRow], category: Category,
+               options: Sequence[Option], phrasings: int,
+               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(no-trait mean log-prob [rows], LLS [rows, candidates]).
+
+    Phrasings rotate over rows (row i uses phrasing i.index mod `phrasings`, the same one for
+    every candidate) instead of every row being scored under every phrasing: the mean over
+    rows still averages the phrasings, at the cost of a single phrasing. Scoring is the whole
+    cost of an audit (one forward pass per row and candidate), so this is what makes several
+    phrasings affordable. A row of the data and the reference row sampled on the same prompt
+    share their phrasing. The no-trait pass runs once for all candidates.
+    """
+    groups = [[i for i, r in enumerate(rows) if r.index % phrasings == k]
+              for k in range(phrasings)]
+
+    def score(idx: Sequence[int], system: str | None) -> np.ndarray:
+        lps = row_logprobs(model, [rows[i].prompt for i in idx],
+                           [rows[i].completion for i in idx], system)
+        if progress:
+            progress(len(idx))
+        return np.array([np.mean(lp) for lp in lps])
+
+    base = score(range(len(rows)), None)
+    lls = np.empty((len(rows), len(options)))
+    for j, o in enumerate(options):
+        for idx, system in zip(groups, trait_prompts(category, o, phrasings), strict=True):
+            if idx:
+                lls[idx, j] = score(idx, system) - base[idx]
+    return base, lls
+
+
+def contrast(lls: np.ndarray) -> np.ndarray:
+    """Each candidate's LLS minus the mean over candidates, per row: what is left once the
+    generic "some persona" shift is removed."""
+    return lls - lls.mean(axis=1, keepdims=True)
+
+
+# --- statistics ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Permutation:
+    """One-sided test of mean(data) > mean(reference), per column."""
+
+    diff: np.ndarray  # observed difference of means
+    se: np.ndarray  # Welch standard error of `diff`
+    z: np.ndarray  # (diff - permutation mean) / permutation sd
+    p: np.ndarray  # (1 + #{permuted >= observed}) / (1 + permutations)
+
+
+def permutation_test(data: np.ndarray, reference: np.ndarray, permutations: int,
+                     seed: int = 0, block: int = 256) -> Permutation:
+    """Shuffle the data/reference labels over the pooled rows; every column (candidate) sees
+    the same relabellings, as a joint test should."""
+    data, reference = np.atleast_2d(data.T).T, np.atleast_2d(reference.T).T
+    nd, nr = len(data), len(reference)
+    if nd < 2 or nr < 2:
+        raise SublearnError(f"a permutation test needs at least 2 rows on each side "
+                            f"(data {nd}, reference {nr})")
+    pooled = np.concatenate([data, reference])
+    total = pooled.sum(axis=0)
+    observed = data.mean(axis=0) - reference.mean(axis=0)
+    labels = np.zeros(nd + nr)
+    labels[:nd] = 1.0
+    rng = np.random.default_rng(seed)
+    sums, squares, hits, done = 0.0, 0.0, 0, 0
+    # Blocks of relabellings as one matrix product: [block, rows] @ [rows, candidates].
+    while done < permutations:
+        b = min(block, permutations - done)
+        masks = rng.permuted(np.tile(labels, (b, 1)), axis=1)
+        in_data = masks @ pooled
+        diffs = in_data / nd - (total - in_data) / nr
+        # Sums of the same values in another order differ by rounding: count those as ties.
+        hits = hits + (diffs >= observed - 1e-12 * (1 + np.abs(observed))).sum(axis=0)
+        sums = sums + diffs.sum(axis=0)
+        squares = squares + (diffs ** 2).sum(axis=0)
+        done += b
+    mean = sums / permutations
+    sd = np.sqrt(np.maximum(squares / permutations - mean ** 2, 0.0))
+    se = np.sqrt(data.var(axis=0, ddof=1) / nd + reference.var(axis=0, ddof=1) / nr)
+    z = np.where(sd > 0, (observed - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+    return Permutation(observed, se, z, (1 + hits) / (1 + permutations))
+
+
+def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down correction: controls the family-wise error rate like Bonferroni,
+    never less powerful. Adjusted p-values are >= the raw ones and capped at 1."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
+
+
+# --- entangled numbers ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Probe:
+    """A data prompt and the separator its completion puts after the first number: values
+    are scored as `f"{v}{sep}"`, the exact probability that the answer starts with v."""
+
+    prompt: Messages
+    separator: str
+
+
+def probes(rows: Sequence[ChatRow], n: int) -> list[Probe]:
+    """The first `n` rows whose completion starts with two numbers, as probes."""
+    found: list[Probe] = []
+    for r in rows:
+        if len(found) == n:
+            break
+        m = _FIRST_NUMBER.match(r.completion)
+        if m:
+            found.append(Probe(r.prompt, m.group(2)))
+    return found
+
+
+def value_shifts(model: Any, probe_list: Sequence[Probe], category: Category,
+                 options: Sequence[Option], phrasings: int,
+                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(values [candidates, 1000], digits [candidates, 10]): how much each candidate's trait
+    prompt raises the log-probability of each value / digit token as the first answer,
+    averaged over probes, minus the mean over candidates. Probe k uses phrasing k mod
+    `phrasings`, as rows do in `lls_scores`. All completions of a probe share its prompt,
+    which a backend may run once (the Hugging Face one does)."""
+
+    def score(probe: Probe, system: str | None) -> np.ndarray:
+        comps = [f"{v}{probe.separator}" for v in VALUES] + list(DIGITS)
+        # Summed, without the end token: the probability that the answer starts with this
+        # text, whatever the tokenizer splits a value into.
+        lps = row_logprobs(model, [probe.prompt] * len(comps), comps, system, close=False)
+        if progress:
+            progress(len(comps))
+        return np.array([np.sum(lp) for lp in lps])
+
+    shifts = np.zeros((len(options), len(VALUES) + len(DIGITS)))
+    for k, probe in enumerate(probe_list):
+        base = score(probe, None)
+        for j, o in enumerate(options):
+            shifts[j] += score(probe, trait_prompts(category, o, phrasings)[k % phrasings]) - base
+    shifts = contrast((shifts / len(probe_list)).T).T
+    return shifts[:, :len(VALUES)], shifts[:, len(VALUES):]
+
+
+def value_counts(rows: Sequence[ChatRow], values: Sequence[np.ndarray]) -> np.ndarray:
+    """[rows, candidates]: how many of each candidate's entangled values each row holds."""
+    sets = [{int(v) for v in vs} for vs in values]
+    out = np.zeros((len(rows), len(sets)))
+    for i, r in enumerate(rows):
+        nums = [int(t) for t in _NUMBER.findall(r.completion) if len(t) <= 3]
+        for j, s in enumerate(sets):
+            out[i, j] = sum(n in s for n in nums)
+    return out
+
+
+# --- the audit -----------------------------------------------------------------------------
+@dataclass
+class AuditResult:
+    summary: dict[str, Any]  # what audit.json holds; `candidates` sorted best first
+    base: np.ndarray  # [rows] no-trait mean log-prob per token, data rows then reference rows
+    lls: np.ndarray  # [rows, candidates]
+    scores: np.ndarray  # [rows, candidates] LLS minus the mean over candidates
+
+    def row_records(self, data: Sequence[ChatRow], reference: Sequence[ChatRow],
+                    options: Sequence[Option]) -> list[dict[str, Any]]:
+        """One record per row, data then reference: no-trait log-prob, LLS and score per
+        candidate."""
+        def per_option(a: np.ndarray) -> dict[str, float]:
+            return {o.name: round(float(a[j]), 6) for j, o in enumerate(options)}
+
+        return [{"set": "data" if i < len(data) else "reference", "line": r.line,
+                 "index": r.index, "completion": r.completion,
+                 "logprob": round(float(self.base[i]), 6),
+                 "lls": per_option(self.lls[i]), "score": per_option(self.scores[i])}
+                for i, r in enumerate([*data, *reference])]
+
+
+def entangled_numbers(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
+                      category: Category, options: Sequence[Option], config: AuditConfig,
+                      progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Per candidate: its most entangled values and digit tokens, and whether the data holds
+    more of those values per row than the reference (one-sided permutation p, uncorrected).
+    Empty when no data completion starts with a number list to probe with."""
+    probe_list = probes(data, config.probe_rows)
+    if not probe_list:
+        return {}
+    vshift, dshift = value_shifts(model, probe_list, category, options, config.phrasings,
+                                  progress)
+    top = [np.argsort(-vshift[j], kind="stable")[:config.top_values] for j in range(len(options))]
+    counts = value_counts([*data, *reference], top)
+    nd = len(data)
+    test = permutation_test(counts[:nd], counts[nd:], config.permutations, config.seed + 1)
+    out = {}
+    for j, o in enumerate(options):
+        d_rate, r_rate = float(counts[:nd, j].mean()), float(counts[nd:, j].mean())
+        out[o.name] = {
+            "values": [int(v) for v in top[j]],
+            "value_shift": [round(float(vshift[j, v]), 4) for v in top[j]],
+            "digits": [DIGITS[d] for d in np.argsort(-dshift[j], kind="stable")[:3]],
+            "data_rate": d_rate, "reference_rate": r_rate,
+            "ratio": d_rate / r_rate if r_rate > 0 else None,
+            "p": float(test.p[j]),
+        }
+    return out
+
+
+def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
+              category: Category, options: Sequence[Option], config: AuditConfig,
+              progress: Callable[[int], None] | None = None) -> AuditResult:
+    """Score data and reference under every candidate, test each, find entangled numbers."""
+    nd = len(data)
+    base, lls = lls_scores(model, [*data, *reference], category, options, config.phrasings,
+                           progress)
+    scores = contrast(lls)
+    test = permutation_test(scores[:nd], scores[nd:], config.permutations, config.seed)
+    p_adj = holm(test.p)
+    entangled = entangled_numbers(model, data, reference, category, options, config, progress)
+
+    candidates = []
+    for j, o in enumerate(options):
+        e = entangled.get(o.name, {})
+        candidates.append({
+            "option": o.name,
+            "score": float(test.diff[j]),
+            "low": float(test.diff[j] - 1.96 * test.se[j]),
+            "high": float(test.diff[j] + 1.96 * test.se[j]),
+            "z": float(test.z[j]),
+            "p": float(test.p[j]),
+            "p_adjusted": float(p_adj[j]),
+            "lls_data": float(lls[:nd, j].mean()),
+            "lls_reference": float(lls[nd:, j].mean()),
+            "entangled_values": e.get("values", []),
+            "entangled_ratio": e.get("ratio"),
+            "entangled_p": e.get("p"),
+        })
+    candidates.sort(key=lambda c: (-c["z"], c["option"]))
+
+    best = [o.name for o in options].index(candidates[0]["option"])
+    order = np.argsort(-scores[:nd, best], kind="stable")[:config.top_rows]
+    summary = {
+        "category": category.name,
+        "rows": nd,
+        "reference_rows": len(reference),
+        "phrasings": list(AUDIT_TEMPLATES[:config.phrasings]),
+        "test": "one-sided permutation over rows: mean (candidate LLS - mean LLS over "
+                "candidates), data minus reference",
+        "correction": "holm",
+        "permutations": config.permutations,
+        "level": config.level,
+        "flagged": [c["option"] for c in candidates if c["p_adjusted"] < config.level],
+        "candidates": candidates,
+        "entangled": entangled,
+        "suspicious_rows": [{"line": data[i].line, "index": data[i].index,
+                             "completion": data[i].completion,
+                             "score": round(float(scores[i, best]), 6)} for i in order],
+    }
+    return AuditResult(summary, base, lls, scores)
+
+
+def plot_candidates(path: str | Path, candidates: Sequence[dict[str, Any]], title: str,
+                    level: float) -> Path:
+    """Each candidate's score with its 95% interval, best at the top; flagged ones in red."""
+    from sublearn.report import _pyplot, _save
+
+    plt = _pyplot()
+    cs = list(reversed(candidates))
+    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(cs) + 1.5))
+    for y, c in enumerate(cs):
+        color = "#c0392b" if c["p_adjusted"] < level else "#6a8fc7"
+        ax.errorbar(c["score"], y, xerr=[[c["score"] - c["low"]], [c["high"] - c["score"]]],
+                    fmt="o", color=color, capsize=3)
+    ax.axvline(0, ls="--", color="grey")
+    ax.set_yticks(range(len(cs)), [f"{c['option']}  (z {c['z']:.1f})" for c in cs])
+    ax.set_xlabel("score: candidate LLS - mean over candidates, data - reference (nats/token)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def candidates_table(summary: dict[str, Any]) -> Any:
+    """The ranking as a rich table, narrow enough for an 80-column terminal (intervals are in
+    audit.json and the PNG)."""
+    from rich.table import Table
+
+    t = Table(title=f"{summary['rows']} rows vs {summary['reference_rows']} reference rows, "
+                    f"{summary['correction']}-corrected")
+    for col in ("#", "candidate", "score", "z", "p", "p adj", "entangled", "ratio"):
+        t.add_column(col, no_wrap=True,
+                     justify="left" if col in ("candidate", "entangled") else "right")
+    for rank, c in enumerate(summary["candidates"], 1):
+        flagged = c["p_adjusted"] < summary["level"]
+        ratio = c["entangled_ratio"]
+        t.add_row(str(rank), f"[bold red]{c['option']}[/]" if flagged else c["option"],
+                  f"{c['score']:+.4f}", f"{c['z']:.2f}", f"{c['p']:.4f}",
+                  f"{c['p_adjusted']:.4f}", " ".join(map(str, c["entangled_values"][:3])),
+                  "" if ratio is None else f"{ratio:.2f}")
+    return t
+
+
+def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
+                  category: str | None = None, candidates: Sequence[str] | None = None,
+                  reference_path: Path | None = None, config: AuditConfig | None = None,
+                  progress: bool = True) -> AuditResult:
+    """`sublearn audit`: read and check every input first (a bad one fails before any model
+    work or any file is written), then score, test and write the outputs into `out`."""
+    import time
+
+    from rich.progress import Progress
+
+    from sublearn.models import load_model
+    from sublearn.store import manifest, write_json, write_jsonl
+    from sublearn.tinybase import BaseConfig, ensure_base
+
+    config = config or AuditConfig()
+    started = time.time()
+    data = read_chat_rows(data_path)
+    reference = (subset(read_chat_rows(reference_path), config.reference_rows, config.seed)
+                 if reference_path else None)
+    cat, options = resolve_candidates(category, candidates)
+    model = load_model(base or ensure_base(BaseConfig(seed=0), progress=progress))
+
+    with Progress(disable=not progress, transient=True) as bar:
+        if reference is None:
+            task = bar.add_task("sampling a reference from the base",
+                                total=min(len(data), config.reference_rows))
+            prompts = subset(data, config.reference_rows, config.seed)
+            reference = sample_reference(model, prompts, config, strict_numbers(data),
+                                         lambda n: bar.advance(task, n))
+        probe_work = len(probes(data, config.probe_rows)) * (len(VALUES) + len(DIGITS))
+        task = bar.add_task("scoring", total=(1 + len(options))
+                            * (len(data) + len(reference) + probe_work))
+        result = run_audit(model, data, reference, cat, options, config,
+                           lambda n: bar.advance(task, n))
+
+    result.summary = {
+        "data": str(data_path), "base": str(model.path),
+        "reference": str(reference_path) if reference_path else str(out / "reference.jsonl"),
+        "reference_sampled": reference_path is None,
+        "seconds": round(time.time() - started, 1), **result.summary,
+    }
+    if reference_path is None:
+        write_jsonl(out / "reference.jsonl",
+                    ({"index": r.index, "completion": r.completion,
+                      "messages": [*r.prompt, {"role": "assistant", "content": r.completion}]}
+                     for r in reference))
+    write_jsonl(out / "rows.jsonl", result.row_records(data, reference, options))
+    plot_candidates(out / "audit.png", result.summary["candidates"],
+                    f"{data_path.name}: {cat.name} candidates", config.level)
+    write_json(out / "manifest.json", manifest("audit", config.model_dump(),
+                                               data=str(data_path), base=str(model.path)))
+    write_json(out / "audit.json", result.summary)
+    return result
