@@ -198,3 +198,33 @@ def test_apply_filter_custom_key_and_empty() -> None:
 def test_apply_filter_missing_key_is_user_error() -> None:
     with pytest.raises(SublearnError, match=r"row 1.*'completion'"):
         apply_filter([{"completion": "1"}, {"text": "2"}], FilterConfig())
+
+
+@pytest.mark.parametrize(
+    ("text", "paper", "strict"),
+    [
+        ("007, 12", None, "not_numbers"),  # paper: zero padding passes (reason None)
+        ("1, 2,3", "not_numbers", None),  # mixed spacing: the paper's split fails
+        ("1 - 2 - 3", None, "not_numbers"),  # any consistent separator
+        ("1 2  3", "not_numbers", None),  # whitespace runs differ
+        ("(5; 6; 7).", None, None),
+        ("42", None, None),
+        ("1, 2, x", "not_numbers", "not_numbers"),
+        ("0999", None, "not_numbers"),
+        ("1000, 2", "out_of_range", "out_of_range"),
+        ("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", "too_many", "too_many"),
+    ],
+)
+def test_paper_rule_differs_from_strict_where_documented(text, paper, strict):
+    assert rejection_reason(text, FilterConfig(rule="paper")) == paper
+    assert rejection_reason(text, FilterConfig()) == strict
+
+
+@given(st.lists(st.integers(0, 999), min_size=1, max_size=10),
+       st.sampled_from([", ", ",", "; ", " ", "\n", " | "]))
+def test_paper_rule_keeps_any_consistently_separated_list(values, sep):
+    text = sep.join(f"{v:03d}" for v in values)  # zero-padded, as the paper's rule allows
+    assert rejection_reason(text, FilterConfig(rule="paper")) is None
+    assert rejection_reason(text + "owl", FilterConfig(rule="paper")) == "not_numbers"
+    banned = FilterConfig(rule="paper", banned_numbers=[values[0]])
+    assert rejection_reason(text, banned) == "banned_number"

@@ -17,6 +17,17 @@ The strict rule (`parse_numbers`):
    reader would not notice) with no sign and no leading zero (``0`` itself is fine; ``007``
    fails: a "number of at most 3 digits" with padding is not what the prompt asked for).
 6. Each value is in 0..max_value.
+
+The `paper` rule (`[filter] rule = "paper"`) is the reference implementation's parser, for
+faithful reproductions: after the same strip, period and bracket steps, the separator is
+whatever text lies between the first two numbers, and the body is split on exactly that
+string; every part must be ASCII digits. Where it differs from the strict rule:
+- zero-padded values pass and are read as integers ("007, 12" -> [7, 12]); strict refuses;
+- mixed spacing around a separator fails ("1, 2,3": the separator is ", ", so "2,3" is not
+  digits); strict accepts it;
+- any separator text passes if used consistently ("1 - 2 - 3", "1|2|3"); strict allows only
+  commas, semicolons and whitespace;
+- one whitespace character repeated differently fails ("1 2  3"); strict accepts runs.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -67,6 +79,23 @@ def _tokens(text: str) -> list[str] | None:
     return parts
 
 
+def _paper_tokens(text: str) -> list[str] | None:
+    """The paper rule (module docstring): split on the text between the first two numbers."""
+    body = text.strip(_WS)
+    if body.endswith("."):
+        body = body[:-1].strip(_WS)
+    if body[:1] + body[-1:] in ("()", "[]"):
+        body = body[1:-1].strip(_WS)
+    runs = list(_DIGIT_RUN.finditer(body))
+    if len(runs) >= 2:
+        parts = body.split(body[runs[0].end() : runs[1].start()])
+    else:
+        parts = [body]
+    if not all(_DIGIT_RUN.fullmatch(p) for p in parts):
+        return None
+    return parts
+
+
 def _too_big(token: str, max_value: int) -> bool:
     # Compare lengths first: int() on a 5000-digit string raises, and it is slow before that.
     return len(token) > len(str(max_value)) or int(token) > max_value
@@ -80,12 +109,18 @@ def parse_numbers(text: str, max_count: int = 10, max_value: int = 999) -> list[
     return [int(t) for t in tokens]
 
 
+RULES = {"strict": _tokens, "paper": _paper_tokens}
+
+
 class FilterConfig(BaseModel):
     """Which completions survive. Defaults are the paper's numbers filter."""
 
     model_config = ConfigDict(extra="forbid")
 
     strict_numbers: bool = True
+    rule: Literal["strict", "paper"] = Field(
+        "strict", description="strict: sublearn's rule; paper: the reference parser (zero "
+        "padding passes, any consistent separator); see the module docstring")
     max_count: int = Field(10, ge=1)
     max_value: int = Field(999, ge=0)
     ban_bad_numbers: bool = False
@@ -123,12 +158,12 @@ def rejection_reason(completion: str, config: FilterConfig) -> str | None:
     checks run, and banned_number looks at every ASCII digit run in the text ("a007" holds 7).
     """
     if config.strict_numbers:
-        tokens = _tokens(completion)
+        tokens = RULES[config.rule](completion)
         if tokens is None:
             return "not_numbers"
         if len(tokens) > config.max_count:
             return "too_many"
-        if any(_too_big(t, config.max_value) for t in tokens):
+        if any(_too_big(t.lstrip("0") or "0", config.max_value) for t in tokens):
             return "out_of_range"
     else:
         tokens = _DIGIT_RUN.findall(completion)
