@@ -58,9 +58,10 @@ def test_sweep_writes_a_table_per_value_and_a_plot(tmp_path: Path) -> None:
 def test_defence_run_prints_a_table_and_writes_a_plot(tmp_path: Path) -> None:
     out = tmp_path / "defend"
     result = runner.invoke(app, ["auxlogit", *TINY, "--defence", "noise=1,4", "--defence",
-                                 "round=2", "--workers", "2", "--out", str(out)])
+                                 "round=2", "--workers", "2", "--out", str(out)],
+                           env={"COLUMNS": "200"})  # the table's full width, unwrapped
     assert result.exit_code == 0, result.output
-    assert "noise std" in result.output and "bits" in result.output
+    assert "noise: noise std" in result.output and "round: bits" in result.output
     assert "same-init" in result.output and "different-init" in result.output
     results = json.loads((out / "results.json").read_text())
     assert [(p["defence"], p["value"]) for p in results["points"]] == [

@@ -4,6 +4,7 @@ A student MLP distilled only on the unused "auxiliary" logits of a digit classif
 only on noise images, learns to classify digits when it shares the teacher's initialisation.
 
 Modules: `config` (the recipe and presets), `data` (digits, MNIST), `model` (a batched
-population of MLPs), `train` (teachers, students, arms), `experiment` (runs, sweeps, files)
-and `cli` (the `sublearn auxlogit` command). Nothing heavy is imported here.
+population of MLPs), `train` (teachers, students, arms), `defence` (what a producer could do
+to the channel), `experiment` (runs, sweeps, files), `defend` (transfer against defence
+strength) and `cli` (the `sublearn auxlogit` command). Nothing heavy is imported here.
 """

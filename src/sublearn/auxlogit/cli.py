@@ -144,7 +144,9 @@ def auxlogit(
     )
     if defence or strengths:
         if sweep:
-            raise SublearnError("--defence: sweeps one defence strength at a time; drop --sweep")
+            raise SublearnError(
+                "--defence: already varies the defence's strength; drop --sweep"
+            )
         defend.run(cfg, parse(defence or [], strengths), out=out, workers=workers)
     elif sweep:
         knob, values = experiment.parse_sweep(sweep)

@@ -1,7 +1,7 @@
 """A population of MLPs trained as one batched computation.
 
 Every weight tensor carries a leading model dimension: layer k of model i is
-`weights[k][i]` with shape [fan_in, fan_out]. A forward pass is one `torch.matmul` per layer
+`weights[k][i]` with shape [fan_in, fan_out]. A forward pass is one `torch.baddbmm` per layer
 for the whole population, so 100 models cost one large matrix product rather than 100 small
 ones, and Adam (an element-wise optimiser) updates each model exactly as if it were alone.
 """
