@@ -82,13 +82,13 @@ def test_chunked_loss_equals_the_whole_vocabulary_loss(micro_model, monkeypatch)
     rows = [{"messages": [*N, {"role": "assistant", "content": c}]} for c in ("1, 2", "33; 4")]
     recipe = StudentRecipe()
     batch = [training._example(micro_model, r, recipe, i) for i, r in enumerate(rows)]
-    whole = training._batch_loss(micro_model, micro_model.model, batch, [1.0, 1.0], None)
+    whole = training._batch_loss(micro_model, micro_model.model, batch, [1.0, 1.0], None).item()
     monkeypatch.setattr(training, "CHUNK_BYTES", 3 * 4 * micro_model.model.config.vocab_size)
     monkeypatch.setattr(training, "chunk_positions", lambda columns: 3)
-    chunked = training._batch_loss(micro_model, micro_model.model, batch, [1.0, 1.0], None)
+    chunked = training._batch_loss(micro_model, micro_model.model, batch, [1.0, 1.0], None).item()
     ref = -sum(sum(lp) for lp in micro_model.completion_logprobs([N, N], ["1, 2", "33; 4"]))
-    assert float(whole) == pytest.approx(float(chunked), rel=1e-5)
-    assert float(whole) == pytest.approx(ref, rel=1e-4)
+    assert whole == pytest.approx(chunked, rel=1e-5)
+    assert whole == pytest.approx(ref, rel=1e-4)
 
 
 def test_full_finetuning_that_cannot_fit_is_refused(monkeypatch):
