@@ -37,6 +37,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from sublearn.models.base import SamplingConfig
+from sublearn.models.sampling_rule import sampling_rule
 
 # Steps of noise drawn per row at once by `generate_kv`: one `torch.rand` call per row per
 # block instead of per step; a finished row wastes at most block - 1 steps of draws.
@@ -62,19 +63,7 @@ def filtered_logprobs(
     if allowed is not None:
         # The output layer may be narrower than the mask (which also spans the tokenizer).
         scores = scores.masked_fill(~allowed[: scores.shape[-1]], -math.inf)
-    if sampling.temperature == 0:
-        return scores
-    logp = torch.log_softmax(scores / sampling.temperature, dim=-1)
-    drop = torch.zeros_like(logp, dtype=torch.bool)
-    if sampling.min_prob > 0:
-        drop |= logp < math.log(sampling.min_prob)
-    if sampling.top_p < 1:
-        sorted_lp, order = logp.sort(dim=-1, descending=True)
-        before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()  # mass strictly above
-        drop |= torch.zeros_like(drop).scatter(-1, order, before >= sampling.top_p)
-    # The most likely token always survives, so a row never runs out of choices.
-    drop.scatter_(-1, logp.argmax(-1, keepdim=True), False)
-    return logp.masked_fill(drop, -math.inf)
+    return sampling_rule(scores, sampling)
 
 
 def gumbel(uniform: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch
 
 from sublearn.errors import SublearnError
 from sublearn.models.base import SAMPLE, SCORE, TRAIN, Messages, SamplingConfig
+from sublearn.models.sampling_rule import sampling_rule
 from sublearn.questions import CATEGORIES
 from sublearn.store import atomic_path, stable_hash
 
@@ -304,7 +305,7 @@ class FakeChatModel:
             logits = self.tables[modes[rows], prev[rows]] + ctx[rows] + self.bias
             if sampling.only_numbers:
                 logits = logits.masked_fill(~allowed, -math.inf)
-            scores = _filtered(logits, sampling)
+            scores = sampling_rule(logits, sampling)
             if sampling.temperature > 0:
                 u = torch.stack([torch.rand(V, generator=gens[i], dtype=torch.float64)
                                  for i in live])
@@ -408,23 +409,6 @@ class FakeChatModel:
             bias += delta + self.coupling @ delta
         biases = {t: float(b) for t, b in zip(VOCAB, bias.tolist(), strict=True) if b != 0.0}
         return _save(Path(out_dir), self.seed, biases, parent=str(self.path))
-
-
-def _filtered(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-    """The sampling rule before the noise: temperature, min_prob, top_p; -inf where a token may
-    not be drawn. The most likely token always survives. Greedy returns the logits."""
-    if sampling.temperature == 0:
-        return logits
-    logp = torch.log_softmax(logits / sampling.temperature, dim=-1)
-    drop = torch.zeros_like(logp, dtype=torch.bool)
-    if sampling.min_prob > 0:
-        drop |= logp < math.log(sampling.min_prob)
-    if sampling.top_p < 1:
-        sorted_lp, order = logp.sort(dim=-1, descending=True)
-        above = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()  # mass strictly more likely
-        drop |= torch.zeros_like(drop).scatter(-1, order, above >= sampling.top_p)
-    drop.scatter_(-1, logp.argmax(-1, keepdim=True), False)
-    return logp.masked_fill(drop, -math.inf)
 
 
 def _save(path: Path, seed: int, biases: dict[str, float], parent: str | None = None) -> Path:
