@@ -165,3 +165,18 @@ def test_page_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     dom = browse("profile-dom", "--dump-dom").stdout
     assert "sublearn report: demo-cpu-owl" in dom and "0.0471" in dom
     assert "data:image/png;base64," in dom
+
+
+def test_the_crossover_is_shown_when_the_run_has_one(run_dir: Path):
+    res = fake_results()
+    assert "Crossover" not in render(load_runs([run_dir]))
+    values = [0.011, 0.0106, 0.0016]
+    res["crossover"] = {"exact_heldout": {
+        "per_seed": values, "interval": stats.mean_ci(values).to_dict(),
+        "ranks": {"owl": {"rank": 6, "of": 18}, "fox": {"rank": 2, "of": 18}}}}
+    write_json(run_dir / "results.json", res)
+    page = render(load_runs([run_dir]))
+    iv = stats.mean_ci(values)
+    for text in ("Crossover", f"{iv.mean:+.4f}", f"[{iv.low:+.4f}, {iv.high:+.4f}]",
+                 "+0.0106", "owl 6/18, fox 2/18"):
+        assert text in page, text

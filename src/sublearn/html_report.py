@@ -300,6 +300,22 @@ def _channel(res: Mapping[str, Any]) -> Html:
         _table(list(ch), [[_value(v, short=True) for v in ch.values()]], num=range(len(ch)))])
 
 
+def _crossover(res: Mapping[str, Any]) -> Html:
+    """Each student toward its own teacher's target (pipeline.crossover), per estimator."""
+    rows = []
+    for est, x in res.get("crossover", {}).items():
+        iv = _iv(x["interval"])
+        ranks = ", ".join(f"{name} {r['rank']}/{r['of']}" for name, r in x["ranks"].items())
+        rows.append([est, f"{iv.mean:+.4f}", _interval(iv),
+                     " ".join(f"{v:+.4f}" for v in x["per_seed"]), ranks])
+    return _join([
+        _tag("p", "Per seed: (target student − other student) on P(target) + (other student −"
+             " target student) on P(other). Positive when each student moves toward its own"
+             " teacher's target, whatever moves every student alike. Ranks: each target among"
+             " all options by how much its own students moved it.", cls="note"),
+        _table(["estimator", "crossover", "95% interval", "per seed", "ranks"], rows)])
+
+
 def _provenance(manifest: Mapping[str, Any] | None, path: str) -> Html:
     if manifest is None:
         return _tag("p", f"No {MANIFEST} in {path}.", cls="note")
@@ -335,12 +351,6 @@ def _run_section(r: RunData, i: int) -> Html:
     parts: list[object] = [
         _tag("h2", f"Run {r.label}", id=f"run-{i}"),
         _tag("p", " · ".join(facts), cls="note"),
-        _tag("h3", "Configuration"),
-        _kv_table(r.manifest["config"]) if r.manifest and "config" in r.manifest
-        else _tag("p", "No configuration recorded.", cls="note"),
-        _tag("h3", "Provenance"), _provenance(r.manifest, r.path),
-        _tag("h3", "Filter"), _filter(res),
-        _tag("h3", "Channel"), _channel(res),
     ]
     for est in res.get("estimators", []):
         parts += [
@@ -356,8 +366,21 @@ def _run_section(r: RunData, i: int) -> Html:
             _differences(res, est), _rank(res, est),
             _plot(r.plots.get(est), est, target),
         ]
+    if res.get("crossover"):
+        parts += [_tag("h3", "Crossover"), _crossover(res)]
     for name, data in r.extras.items():
         parts += [_tag("h3", name), _extra(name, data)]
+    # What made the numbers comes after them: a reader looks for the result first, and the
+    # configuration (a hundred rows) folds away until wanted.
+    config = (_kv_table(r.manifest["config"]) if r.manifest and "config" in r.manifest
+              else _tag("p", "No configuration recorded.", cls="note"))
+    parts += [
+        _tag("h3", "Filter"), _filter(res),
+        _tag("h3", "Channel"), _channel(res),
+        _tag("h3", "Configuration"),
+        _tag("details", _join([_tag("summary", "every field of the config"), config])),
+        _tag("h3", "Provenance"), _provenance(r.manifest, r.path),
+    ]
     return _tag("section", _join(parts))
 
 
