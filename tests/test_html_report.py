@@ -178,5 +178,5 @@ def test_the_crossover_is_shown_when_the_run_has_one(run_dir: Path):
     page = render(load_runs([run_dir]))
     iv = stats.mean_ci(values)
     for text in ("Crossover", f"{iv.mean:+.4f}", f"[{iv.low:+.4f}, {iv.high:+.4f}]",
-                 "+0.0106", "owl 6/18, fox 2/18"):
+                 "+0.0106", "owl 6/18", "fox 2/18"):
         assert text in page, text
