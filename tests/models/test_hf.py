@@ -133,3 +133,22 @@ def test_lora_finetune_round_trip(micro_model, tmp_path: Path):
     assert sum(micro_model.completion_logprobs([N], ["1, 2, 3"])[0]) == pytest.approx(before)
     w = {n: p for n, p in student.model.named_parameters()}
     assert all(torch.isfinite(p).all() for p in w.values())
+
+
+def test_shared_prompt_scoring_equals_whole_sequence_forward_passes(micro_model):
+    # Every surface form of every option after one question: the prompt runs once and its
+    # KV cache serves them all (batches of 7 force several cache expansions).
+    from sublearn.questions import get_category
+
+    forms = [f for o in get_category("animal").options for f in o.forms]
+    micro_model.batch_size, size = 7, micro_model.batch_size
+    try:
+        shared = micro_model.completion_logprobs([Q] * len(forms), forms)
+    finally:
+        micro_model.batch_size = size
+    for form, lp in zip(forms, shared, strict=True):
+        ids, n = micro_model.pair_ids(Q, form, close=True)
+        with torch.no_grad():
+            logits = micro_model.model(input_ids=torch.tensor([ids])).logits[0].float()
+        want = logits.log_softmax(-1)[torch.arange(n - 1, len(ids) - 1), ids[n:]]
+        assert lp == pytest.approx(want.tolist(), abs=1e-5), form
