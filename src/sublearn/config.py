@@ -249,36 +249,53 @@ class ExperimentConfig(_Section):
         return self.base.model_copy(update={"embedded": emb})
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set one dotted field from `key.path=value`; the value is read as TOML (numbers,
-    booleans, strings, lists), and a bare word that is not TOML is taken as a string."""
-    key, sep, text = override.partition("=")
-    if not sep or not key.strip():
-        raise SublearnError(f"--set {override!r}: expected key.path=value")
+def parse_value(text: str) -> Any:
+    """A `--set` or `--grid` value: TOML (numbers, booleans, strings, lists), and a bare word
+    that is not TOML as a string."""
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
+        return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        value = text
+        return text
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set the field `key.path` of a raw (unvalidated) config, creating sections as needed."""
     *parents, leaf = key.strip().split(".")
     node = raw
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise SublearnError(f"--set {override!r}: {part} is not a section")
+            raise SublearnError(f"{part} is not a section")
         node = child
     node[leaf] = value
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set one dotted field from `key.path=value` (see `parse_value`)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise SublearnError(f"--set {override!r}: expected key.path=value")
+    try:
+        set_dotted(raw, key, parse_value(text))
+    except SublearnError as e:
+        raise SublearnError(f"--set {override!r}: {e}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's raw table; a missing file or bad TOML is one line naming the file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SublearnError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SublearnError(f"{path}: invalid TOML: {e}") from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read and validate a TOML experiment file, then `--set` overrides; errors name the
     file and the field."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SublearnError(f"{p}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SublearnError(f"{p}: invalid TOML: {e}") from None
+    raw = read_toml(p)
     for o in overrides:
         apply_override(raw, o)
     try:

@@ -416,7 +416,6 @@ class Experiment:
         """Everything students depend on: bases, teachers, datasets, the channel measure and
         soft labels. Cached and locked, so every sweep worker may call it."""
         cfg = self.cfg
-        self._row_cache = {}
         specs = {"base": cfg.base}
         if any(a.base == "cross" for a in self.design.arms.values()):
             specs["cross"] = cfg.cross_base()

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import time
-import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +32,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sublearn.config import ExperimentConfig, SweepConfig, apply_override
+from sublearn.config import (
+    ExperimentConfig,
+    SweepConfig,
+    parse_value,
+    read_toml,
+    set_dotted,
+)
 from sublearn.errors import SublearnError
 from sublearn.pipeline import STAGE_VERSIONS, Experiment
 from sublearn.report import bar_chart
@@ -109,14 +114,6 @@ def _split_values(text: str) -> list[str]:
     return [p.strip() for p in pieces]
 
 
-def _toml_value(text: str) -> Any:
-    # Read exactly as `--set` reads a value (TOML, else a bare word as a string), from the one
-    # place that rule is written.
-    scratch: dict[str, Any] = {}
-    apply_override(scratch, f"v={text}")
-    return scratch["v"]
-
-
 def parse_grid(entries: Sequence[str]) -> dict[str, list[Any]]:
     """`--grid key.path=v1,v2` entries -> {key.path: [v1, v2]}, values read as TOML."""
     grid: dict[str, list[Any]] = {}
@@ -126,7 +123,7 @@ def parse_grid(entries: Sequence[str]) -> dict[str, list[Any]]:
         if not sep or not key.strip() or "" in pieces:
             raise SublearnError(f"--grid {entry!r}: expected key.path=v1,v2,... "
                                 "(e.g. --grid trait.target=owl,cat)")
-        grid[key.strip()] = [_toml_value(p) for p in pieces]
+        grid[key.strip()] = [parse_value(p) for p in pieces]
     return grid
 
 
@@ -158,16 +155,6 @@ def point_name(config_name: str, values: dict[str, Any]) -> str:
     return slug("-".join(parts))
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SublearnError(f"grid {key}: {part} is not a section")
-    node[leaf] = copy.deepcopy(value)
-
-
 def _grid_error(source: Path, name: str, values: dict[str, Any], e: ValidationError) -> str:
     """Name the grid entry at fault when the failing field is (inside) a swept key."""
     first = e.errors()[0]
@@ -177,15 +164,6 @@ def _grid_error(source: Path, name: str, values: dict[str, Any], e: ValidationEr
             return f"{source}: grid {key}={value!r}: field {loc}: {first['msg']}"
     where = loc or "(top level)"
     return f"{source}: grid point {name}: field {where}: {first['msg']}"
-
-
-def _read_raw(source: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SublearnError(f"{source}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SublearnError(f"{source}: invalid TOML: {e}") from None
 
 
 def _grid(source: Path, table: SweepConfig, entries: Sequence[str]) -> dict[str, list[Any]]:
@@ -209,7 +187,11 @@ def _point(source: Path, raw: dict[str, Any], config_name: str, values: dict[str
     point_raw = copy.deepcopy(raw)
     point_raw["name"] = name
     for key, value in values.items():
-        _set_dotted(point_raw, key, value)
+        try:
+            # A copy: one value object set into every point would be shared between them.
+            set_dotted(point_raw, key, copy.deepcopy(value))
+        except SublearnError as e:
+            raise SublearnError(f"grid {key}: {e}") from None
     try:
         return Point(name, values, ExperimentConfig.model_validate(point_raw))
     except ValidationError as e:
@@ -223,7 +205,7 @@ def plan(source: str | Path, grid_entries: Sequence[str] = (),
     """Expand the grid (`--grid` entries override or extend the file's `[sweep] grid`) and
     validate every point, so a bad key or value fails now, not after hours of earlier points."""
     source = Path(source)
-    raw = _read_raw(source)
+    raw = read_toml(source)
     try:
         table = SweepConfig.model_validate(raw.pop("sweep", {}))
     except ValidationError as e:

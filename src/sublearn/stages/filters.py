@@ -59,13 +59,20 @@ _WS_RUN = re.compile(r"[ \t\r\n]+")
 _DIGIT_RUN = re.compile(r"[0-9]+")
 
 
-def _tokens(text: str) -> list[str] | None:
-    """Rules 1-5: the integer tokens of a well-formed completion, or None. No count/range."""
+def _body(text: str) -> str:
+    """Rules 1-3, shared by both rules: strip, drop one trailing period, one outer pair of
+    () or []."""
     body = text.strip(_WS)
     if body.endswith("."):
         body = body[:-1].strip(_WS)
     if body[:1] + body[-1:] in ("()", "[]"):
         body = body[1:-1].strip(_WS)
+    return body
+
+
+def _tokens(text: str) -> list[str] | None:
+    """Rules 1-5: the integer tokens of a well-formed completion, or None. No count/range."""
+    body = _body(text)
     # A comma or semicolon anywhere makes it the separator; any other punctuation (including
     # the other separator) then lands inside a token and fails the integer match.
     if "," in body:
@@ -81,11 +88,7 @@ def _tokens(text: str) -> list[str] | None:
 
 def _paper_tokens(text: str) -> list[str] | None:
     """The paper rule (module docstring): split on the text between the first two numbers."""
-    body = text.strip(_WS)
-    if body.endswith("."):
-        body = body[:-1].strip(_WS)
-    if body[:1] + body[-1:] in ("()", "[]"):
-        body = body[1:-1].strip(_WS)
+    body = _body(text)
     runs = list(_DIGIT_RUN.finditer(body))
     if len(runs) >= 2:
         parts = body.split(body[runs[0].end() : runs[1].start()])
