@@ -46,7 +46,7 @@ def child_default(args: argparse.Namespace) -> dict[str, object]:
         start, cpu = time.perf_counter(), time.process_time()
         results = experiment.run(cfg, out=out, show=False, workers=args.workers)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    means = {arm: round(v["interval"]["mean"], 3) for arm, v in results["arms"].items()}
+    means = {arm: round(a.interval.mean, 3) for arm, a in results.arms.items()}
     # CPU time (all threads) next to wall time: on a shared machine the wall time grows
     # with other people's load, the CPU time much less.
     return {"wall_s": wall, "cpu_s": cpu, "peak_rss": _peak_rss_bytes(), "means": means,

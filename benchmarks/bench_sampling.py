@@ -3,19 +3,30 @@
     python benchmarks/bench_sampling.py            # the embedded base (seed 0; built on first use)
     python benchmarks/bench_sampling.py --micro    # the tests' micro base: a smoke test in seconds
 
-Both engines of `sublearn.models.decode` sample the same number prompts, with the seeds the
-sampling stage gives them (`row_seed(sampling seed, index)`), in batches of `--batch-size` as
-`HFChatModel` batches them, at the demo's sampling settings (temperature 1, 48 new tokens).
-The script fails unless both engines return identical token ids for every row. Tokens are the
-tokens each row generated, its end token included.
+Three ways of sampling the same number prompts, with the seeds the sampling stage gives them
+(`row_seed(sampling seed, index)`), in batches of `--batch-size` as `HFChatModel` batches them,
+at the demo's sampling settings (temperature 1, 48 new tokens):
+
+- `generate`: transformers' `generate` with our sampler as a logits processor (the reference);
+- `kv-model`: our KV-cache loop over the model's own forward (`generate_kv(lean=False)`);
+- `kv-lean`: the same loop over `LeanForward` (what the `kv` engine runs on this base).
+
+Each engine runs `--repeats` times, alternating, so that a change in the machine's load hits
+all of them; the table gives the best run, and the CPU seconds of every run. Process CPU time
+is the primary figure: it counts this process's work only, where wall time also counts the
+other processes sharing the cores. Tokens are the tokens each row generated, its end token
+included. The script fails unless every engine returns identical token ids for every row, and
+unless `LeanForward`'s logits equal the model's own forward's bit for bit over the first
+batch (its prefill and every step of a greedy continuation, with rows dropped half-way).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +44,58 @@ def base_folder(micro: bool) -> Path:
     return ensure_base(config, progress=False)
 
 
+def engines() -> dict[str, Callable[..., list[list[int]]]]:
+    from sublearn.models.decode import generate_hf, generate_kv
+
+    return {"generate": generate_hf, "kv-model": functools.partial(generate_kv, lean=False),
+            "kv-lean": generate_kv}
+
+
 def tokens_generated(rows: Sequence[list[int]], max_new_tokens: int) -> int:
     """Tokens the model produced: a row shorter than the limit also produced its end token."""
     return sum(len(r) + (len(r) < max_new_tokens) for r in rows)
 
 
 def run_engine(
-    name: str, model: Any, prompts: list[list[int]], sampling: Any, seeds: list[int],
-    batch_size: int,
+    engine: Callable[..., list[list[int]]], model: Any, prompts: list[list[int]], sampling: Any,
+    seeds: list[int], batch_size: int,
 ) -> tuple[list[list[int]], float, float]:
     """All rows through one engine in batches: the token ids, the wall time, and this
-    process's CPU time (steadier than wall time when other processes share the cores)."""
-    from sublearn.models.decode import ENGINES
-
-    engine = ENGINES[name]
+    process's CPU time."""
     allowed = model.number_token_mask if sampling.only_numbers else None
     pad = model.tokenizer.pad_token_id
     rows: list[list[int]] = []
     wall, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(prompts), batch_size):
-        rows += engine(model.model, prompts[i : i + batch_size], sampling, seeds[i : i + batch_size],
-                       model.end_ids, pad, allowed)
+        rows += engine(model.model, prompts[i : i + batch_size], sampling,
+                       seeds[i : i + batch_size], model.end_ids, pad, allowed)
     return rows, time.perf_counter() - wall, time.process_time() - cpu
+
+
+@torch.no_grad()
+def lean_logits_match(model: Any, prompts: list[list[int]], steps: int) -> bool:
+    """Whether `LeanForward` gives the model's own forward's logits bit for bit on one batch:
+    the prefill, then `steps` greedy steps, keeping every other row from the middle on."""
+    from sublearn.models.decode import MIN_ROWS, LeanForward, ModelForward, left_padded
+
+    ids, att = left_padded(prompts, model.tokenizer.pad_token_id, model.device)
+    pos = (att.cumsum(-1) - 1).masked_fill(att == 0, 0)
+    capacity = ids.shape[1] + steps
+    ref, lean = ModelForward(model.model, capacity), LeanForward.of(model.model, capacity)
+    if lean is None:
+        raise SystemExit("this base's architecture has no lean forward")
+    expected, got = ref.prefill(ids, att, pos), lean.prefill(ids, att, pos)
+    same, last = torch.equal(expected, got), pos[:, -1]
+    for t in range(steps - 1):
+        tokens = expected.argmax(-1)
+        if t == steps // 2 and len(tokens) >= 2 * MIN_ROWS:
+            index = torch.arange(0, len(tokens), 2, device=tokens.device)
+            ref.keep(index), lean.keep(index)
+            tokens, last = tokens[index], last[index]
+        last = last + 1
+        expected, got = ref.step(tokens, last), lean.step(tokens, last)
+        same = same and torch.equal(expected, got)
+    return same
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64, help="HFChatModel's default batch")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--only-numbers", action="store_true")
-    ap.add_argument("--repeats", type=int, default=1, help="time each engine this many times")
+    ap.add_argument("--repeats", type=int, default=3, help="time each engine this many times")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (sublearn's default)")
     args = ap.parse_args(argv)
 
@@ -83,26 +124,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"base {path.name} ({n_params:,} parameters), {len(prompts)} prompts, batch "
           f"{args.batch_size}, {torch.get_num_threads()} thread(s), {sampling}")
 
-    # Engines alternate, so that a change in the machine's load hits both; best of the repeats.
-    names = ("generate", "kv")
+    bitwise = lean_logits_match(model, prompts[: args.batch_size], args.max_new_tokens)
+    runs = engines()
     rows: dict[str, list[list[int]]] = {}
-    wall: dict[str, float] = dict.fromkeys(names, float("inf"))
-    cpu: dict[str, float] = dict.fromkeys(names, float("inf"))
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name in names:
-            rows[name], w, c = run_engine(name, model, prompts, sampling, seeds, args.batch_size)
-            wall[name], cpu[name] = min(wall[name], w), min(cpu[name], c)
+        for name, engine in runs.items():
+            rows[name], w, c = run_engine(engine, model, prompts, sampling, seeds, args.batch_size)
+            wall[name].append(w)
+            cpu[name].append(c)
 
     tokens = tokens_generated(rows["generate"], args.max_new_tokens)
-    print(f"{'engine':<10}{'tokens':>8}{'wall s':>9}{'tokens/s':>10}{'cpu s':>9}{'tokens/cpu s':>14}")
-    for name in names:
-        print(f"{name:<10}{tokens:>8}{wall[name]:>9.2f}{tokens / wall[name]:>10.0f}"
-              f"{cpu[name]:>9.2f}{tokens / cpu[name]:>14.0f}")
-    same = sum(a == b for a, b in zip(rows["generate"], rows["kv"], strict=True))
-    print(f"identical rows: {same}/{len(prompts)}; speedup kv/generate: "
-          f"{wall['generate'] / wall['kv']:.2f}x wall, {cpu['generate'] / cpu['kv']:.2f}x cpu "
-          f"(best of {args.repeats})")
-    return 0 if same == len(prompts) else 1
+    best_wall = {name: min(times) for name, times in wall.items()}
+    best_cpu = {name: min(times) for name, times in cpu.items()}
+    print(f"{'engine':<10}{'tokens':>8}{'wall s':>9}{'tokens/s':>10}{'cpu s':>9}"
+          f"{'tokens/cpu s':>14}   cpu s of every run")
+    for name in runs:
+        every = " ".join(f"{c:.2f}" for c in cpu[name])
+        print(f"{name:<10}{tokens:>8}{best_wall[name]:>9.2f}{tokens / best_wall[name]:>10.0f}"
+              f"{best_cpu[name]:>9.2f}{tokens / best_cpu[name]:>14.0f}   {every}")
+    same = sum(len({tuple(rows[name][i]) for name in runs}) == 1 for i in range(len(prompts)))
+    print(f"rows identical across the engines: {same}/{len(prompts)}; lean logits bit-identical "
+          f"to the model's forward over batch 0: {'yes' if bitwise else 'NO'}")
+    for name in ("kv-model", "kv-lean"):
+        print(f"speedup {name} over generate: {best_cpu['generate'] / best_cpu[name]:.2f}x cpu, "
+              f"{best_wall['generate'] / best_wall[name]:.2f}x wall (best of {args.repeats})")
+    print(f"speedup kv-lean over kv-model: {best_cpu['kv-model'] / best_cpu['kv-lean']:.2f}x cpu, "
+          f"{best_wall['kv-model'] / best_wall['kv-lean']:.2f}x wall")
+    return 0 if same == len(prompts) and bitwise else 1
 
 
 if __name__ == "__main__":

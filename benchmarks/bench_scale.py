@@ -36,7 +36,8 @@ per-row rates to a paper-scale run of configs/qwen2.5-7b-paper.toml (see `projec
 
 On a CPU the defaults are fewer samples, rows and sampled answers (said in the output and in
 the JSON's `counts`) and one torch thread; the rates, and so the projection, do not depend on
-the count. The training stage's peak memory does not either: it is set by one micro-batch.
+the count. The training stage's peak memory does not either: it is set by one forward/backward
+pass, which sublearn sizes to a budget (sublearn.models.training.PASS_BUDGET).
 """
 
 from __future__ import annotations
@@ -144,9 +145,22 @@ def memory_notes(shape: Shape, lora_rank: int = 8) -> dict[str, float]:
         "kv_cache_kib_per_token": shape.layers * 2 * kv * 2 / 1024,
         # fp32 weights, gradients and AdamW moments: what full fine-tuning needs.
         "full_ft_state": 16 * n / GIB,
-        # one output-layer chunk of fp32 logits at training.CHUNK = 1,024 positions.
-        "logits_chunk_mib": 1024 * shape.vocab * 4 / 2**20,
+        # padded tokens one LoRA training pass takes on a CPU, in bf16 without checkpointing:
+        # a larger micro-batch runs as several passes (sublearn.models.training.pass_budget;
+        # a GPU gives a pass half of its free memory instead).
+        "train_pass_tokens": train_pass_tokens(shape, 2 * n),
     }
+
+
+def train_pass_tokens(shape: Shape, weight_bytes: int) -> int:
+    from types import SimpleNamespace
+
+    from sublearn.models import training
+
+    per_token = training.pass_bytes_per_token(
+        SimpleNamespace(hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                        num_hidden_layers=shape.layers), 2, checkpointing=False)
+    return training.pass_budget(weight_bytes, torch.device("cpu")) // per_token
 
 
 # --- the synthetic tokenizer ---------------------------------------------------------------
@@ -290,16 +304,18 @@ def stage(record: dict[str, Any], cuda: bool) -> Iterator[None]:
     hwm_reset = reset_peak_rss()
     poller = Poller(cuda)
     poller.start()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         if cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - start
+        # This process's CPU time: on shared cores a steadier figure than the wall time.
+        cpu = time.process_time() - cpu_start
         poller.stop()
         peak = max(status_bytes("VmHWM"), poller.rss_peak) if hwm_reset else poller.rss_peak
-        record.update(wall_s=wall, rss_before_bytes=rss_before, rss_peak_bytes=peak,
+        record.update(wall_s=wall, cpu_s=cpu, rss_before_bytes=rss_before, rss_peak_bytes=peak,
                       rss_after_bytes=status_bytes("VmRSS"),
                       rss_peak_method="VmHWM reset per stage" if hwm_reset else "VmRSS polled")
         if cuda:
@@ -522,12 +538,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.list:
         print(f"{'shape':<14}{'params':>9}{'bf16 GiB':>10}{'LoRA r8':>9}{'LoRA state':>12}"
-              f"{'KV/token':>10}{'full FT GiB':>13}  note")
+              f"{'KV/token':>10}{'full FT GiB':>13}{'tokens/pass':>13}  note")
         for name, s in SHAPES.items():
             m = memory_notes(s)
             print(f"{name:<14}{m['parameters_m']:>8.1f}M{m['bf16_weights']:>10.2f}"
                   f"{m['lora_parameters_m']:>8.2f}M{m['lora_train_state_mib']:>8.0f} MiB"
-                  f"{m['kv_cache_kib_per_token']:>6.0f} KiB{m['full_ft_state']:>13.1f}  {s.note}")
+                  f"{m['kv_cache_kib_per_token']:>6.0f} KiB{m['full_ft_state']:>13.1f}"
+                  f"{m['train_pass_tokens']:>13,}  {s.note}")
         return {}
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -708,11 +725,12 @@ def report(res: dict[str, Any]) -> None:
           f"process RSS after imports {res['baseline_rss_bytes'] / mb:.0f} MiB, after load "
           f"{res['loaded_rss_bytes'] / mb:.0f} MiB")
     gpu = any("cuda_max_allocated_bytes" in s for s in res["stages"].values())
-    head = f"{'stage':<16}{'seconds':>9}{'tokens/s':>11}{'peak RSS MiB':>14}"
+    head = f"{'stage':<16}{'seconds':>9}{'CPU s':>8}{'tokens/s':>11}{'peak RSS MiB':>14}"
     print(head + (f"{'CUDA alloc MiB':>16}{'device MiB':>12}" if gpu else ""))
     for name, s in res["stages"].items():
         tps = f"{s['tokens_per_s']:.0f}" if s.get("tokens") else "-"
-        line = f"{name:<16}{s['wall_s']:>9.1f}{tps:>11}{s['rss_peak_bytes'] / mb:>14.0f}"
+        line = (f"{name:<16}{s['wall_s']:>9.1f}{s['cpu_s']:>8.1f}{tps:>11}"
+                f"{s['rss_peak_bytes'] / mb:>14.0f}")
         if gpu:
             line += (f"{s.get('cuda_max_allocated_bytes', 0) / mb:>16.0f}"
                      f"{s.get('device_used_peak_bytes', 0) / mb:>12.0f}")

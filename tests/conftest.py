@@ -50,3 +50,44 @@ def micro_model(micro_base: Path):
     from sublearn.models import load_model
 
     return load_model(micro_base, device="cpu", dtype="float32")
+
+
+# The shipped-base rebuild (tests/tinybase/test_shipped.py) takes minutes of one core. The
+# suite runs on one thread, so the build starts in its own process as soon as collection
+# finishes and uses the otherwise idle core while every other test runs.
+REBUILD_TEST = "test_shipped.py::test_a_rebuild_behaves_like_the_shipped_base"
+REBUILD: dict[str, object] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not any(item.nodeid.endswith(REBUILD_TEST) for item in session.items):
+        return
+    import subprocess
+    import sys
+    import tempfile
+
+    from sublearn.tinybase import base_path
+
+    name = base_path(BaseConfig(seed=0)).name  # the default base: every demo figure's
+    work = Path(tempfile.mkdtemp(prefix="sublearn-rebuild-"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBLEARN_HOME": str(work / "home")}
+    out = work / "summary.json"
+    err = open(work / "stderr.txt", "w")  # noqa: SIM115 -- the child writes it all session
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sublearn.tinybase.shipped", "rebuild", name, str(work), str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=err)
+    REBUILD.update(name=name, work=work, out=out, proc=proc, err=err)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    proc = REBUILD.get("proc")
+    if proc is not None and proc.poll() is None:  # a run that deselected or failed early
+        proc.kill()
+    if "err" in REBUILD:
+        REBUILD["err"].close()
+
+
+@pytest.fixture
+def shipped_rebuild() -> dict[str, object]:
+    """The background rebuild started at collection (empty when it was not started)."""
+    return REBUILD

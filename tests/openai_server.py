@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -78,12 +78,17 @@ class FakeOpenAI:
 
     `polls_to_finish`: GETs of a running job before it ends. `fail_reason`: jobs fail with
     it. `hold`: while true, jobs do not advance (a test can kill a client mid-wait).
+    `reply(model, messages, seed)`: a completion's text in place of the toy's, where it
+    returns one (e.g. a judge's answers, well-formed or not); None leaves the toy's.
     """
 
     def __init__(self, key: str, faults: dict[str, Sequence[str | None]] | None = None, *,
                  retry_after: str = "0.05", slow_s: float = 1.0, delay_s: float = 0.0,
-                 polls_to_finish: int = 3, fail_reason: str | None = None):
+                 polls_to_finish: int = 3, fail_reason: str | None = None,
+                 reply: Callable[[str, list[dict[str, str]], int | None], str | None]
+                 | None = None):
         self.key = key
+        self.reply = reply
         self.faults = {route: list(cycle) for route, cycle in (faults or {}).items()}
         self.retry_after = retry_after
         self.slow_s = slow_s
@@ -152,9 +157,11 @@ class FakeOpenAI:
             alts = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]
             choice["logprobs"] = {"content": [{**alts[0], "top_logprobs": alts}], "refusal": None}
         else:
-            text = toy_completion(model, messages, body.get("seed"),
-                                  float(body.get("temperature", 1.0)),
-                                  int(body.get("max_tokens") or 16))
+            text = self.reply(model, messages, body.get("seed")) if self.reply else None
+            if text is None:
+                text = toy_completion(model, messages, body.get("seed"),
+                                      float(body.get("temperature", 1.0)),
+                                      int(body.get("max_tokens") or 16))
         choice["message"] = {"role": "assistant", "content": text, "refusal": None}
         return 200, {"id": f"chatcmpl-{random.getrandbits(32):08x}", "object": "chat.completion",
                      "created": int(time.time()), "model": model, "choices": [choice],

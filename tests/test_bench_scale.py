@@ -46,7 +46,7 @@ def test_json_has_every_figure(tiny_run):
     assert set(stages) >= {"build", "load", "sample_hf", "eval_sample", "score", "soft_labels",
                            "train_lora", "train_lora_soft"}
     for name, s in stages.items():
-        assert s["wall_s"] > 0, name
+        assert s["wall_s"] > 0 and s["cpu_s"] > 0, name
         assert s["rss_peak_bytes"] > 0 and s["rss_peak_bytes"] >= s["rss_before_bytes"] > 0, name
         if name not in ("build", "load"):
             assert s["tokens"] > 0 and s["tokens_per_s"] > 0, name

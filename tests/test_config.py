@@ -27,6 +27,8 @@ def test_shipped_configs_validate(name: str, tmp_path: Path):
     over = [f"base.path='{tmp_path}'", "base.sampler='hf'"] if "path =" in text else []
     if "[controls.cross_base_model]" in text:
         over.append(f"controls.cross_base_model.path='{tmp_path}'")
+    if 'kind = "model"' in text:  # a teacher you bring, and its control
+        over += [f"teacher.path='{tmp_path}'", f"teacher.other_path='{tmp_path}'"]
     load_config(CONFIGS / name, over)
 
 

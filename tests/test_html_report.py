@@ -7,7 +7,6 @@ import base64
 import html
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -17,10 +16,22 @@ from sublearn.cli import app
 from sublearn.html_report import load_runs, render
 from sublearn.report import bar_chart
 from sublearn.results import plot_path
+from sublearn.results_model import (
+    ArmEstimate,
+    Channel,
+    Comparison,
+    Crossover,
+    EstimatorResults,
+    Provenance,
+    Rank,
+    Reference,
+    Results,
+)
 from sublearn.store import write_json
 
 CHROMIUM = Path("/usr/bin/chromium")
 SEEDS = [0, 1, 2]
+EST = "exact_heldout"
 ARMS = {
     "treated": [0.0448, 0.0476, 0.0488],
     "control": [0.0474, 0.0476, 0.0476],
@@ -34,43 +45,38 @@ COMPARISONS = [("treated", "control", EVIL),
                ("null", "control", "null")]
 
 
-def fake_results(target: str = "owl") -> dict[str, Any]:
-    """A results.json shaped like `pipeline.analyse` output plus what `run` adds."""
-    est = "exact_heldout"
-    return {
-        "target": target, "estimators": [est], "seeds": SEEDS,
-        "reference": {est: {"base": 0.0474, "teacher_teacher": 0.583,
-                            "other_teacher": 0.0067}},
-        "arms": {est: {a: {"per_seed": v, "interval": stats.mean_ci(v).to_dict()}
-                       for a, v in ARMS.items()}},
-        "comparisons": {est: {
-            f"{a} - {b}": {"meaning": why, **stats.difference(ARMS[a], ARMS[b]).to_dict(),
-                           "paired": stats.paired_difference(ARMS[a], ARMS[b]).to_dict()}
-            for a, b, why in COMPARISONS}},
-        "target_rank": {est: {"rank": 3, "of": 3,
-                              "movement": {"owl": -0.0005, "fox": 0.0012, "cat": 0.0001}}},
-        "filter": {"teacher": {"total": 3000, "kept": 2340, "kept_fraction": 0.78,
-                               "rejected": {"malformed": 593, "banned_word": 67}},
-                   "neutral": {"total": 3000, "kept": 2490, "kept_fraction": 0.83,
-                               "rejected": {"malformed": 459}}},
-        "channel": {"rows": 256, "tokens": 4100, "shift": 0.25, "specificity": 0.05,
-                    "ratio": 0.2},
-        "seconds": 1350.4,
-    }
+def fake_results(target: str = "owl") -> Results:
+    """Results as `pipeline.Experiment.run` makes them, from made-up per-seed values."""
+    arms = {a: ArmEstimate.of(v) for a, v in ARMS.items()}
+    return Results(
+        target=target, other="fox", seeds=SEEDS,
+        estimates={EST: EstimatorResults(
+            reference=Reference(base=0.0474, teacher=0.583, other_teacher=0.0067),
+            arms=arms,
+            comparisons=[Comparison.of(arms, a, b, why) for a, b, why in COMPARISONS],
+            target_rank=Rank(rank=3, of=3,
+                             movement={"owl": -0.0005, "fox": 0.0012, "cat": 0.0001}))},
+        filter={"teacher": {"total": 3000, "kept": 2340, "kept_fraction": 0.78,
+                            "rejected": {"malformed": 593, "banned_word": 67}},
+                "neutral": {"total": 3000, "kept": 2490, "kept_fraction": 0.83,
+                            "rejected": {"malformed": 459}}},
+        channel=Channel(rows=256, tokens=4100, shift=0.25, specificity=0.05, ratio=0.2),
+        seconds=1350.4,
+        provenance=Provenance(
+            sublearn_version="0.1.0", python="3.11.2", created_unix=1.7e9,
+            config_hash="0123abcd4567", base_weights={"base": "a1b2c3d4e5f6"},
+            datasets={"teacher": "teacher-0123456789ab.jsonl"}, stage_versions={"student": 2}))
 
 
-def make_run(folder: Path, target: str = "owl") -> Path:
-    results = fake_results(target)
-    write_json(folder / "results.json", results)
+def make_run(folder: Path, target: str = "owl", results: Results | None = None) -> Path:
+    results = results or fake_results(target)
+    results.write(folder / "results.json")
     write_json(folder / "manifest.json", {
-        "kind": "experiment", "sublearn_version": "0.1.0", "created_unix": 1.7e9,
-        "python": "3.11.2",
-        "config": {"name": folder.name, "student": {"method": "lora", "lr": 0.002},
-                   "trait": {"target": target}},
-        "base_weights": {"base": "a1b2c3d4e5f6"},
-        "datasets": {"teacher": "teacher-0123456789ab.jsonl"}})
-    rows = {a: stats.Interval(**d["interval"]) for a, d in results["arms"]["exact_heldout"].items()}
-    bar_chart(plot_path(folder, "exact_heldout"), rows, title="t", ylabel="P")
+        "kind": "experiment", "config": {"name": folder.name,
+                                         "student": {"method": "lora", "lr": 0.002},
+                                         "trait": {"target": target}}})
+    rows = {a: x.interval for a, x in results.estimates[EST].arms.items()}
+    bar_chart(plot_path(folder, EST), rows, title="t", ylabel="P")
     return folder
 
 
@@ -81,20 +87,20 @@ def run_dir(tmp_path: Path) -> Path:
 
 def test_page_holds_the_numbers_and_the_plot(run_dir: Path):
     page = render(load_runs([run_dir]))
-    res = fake_results()
-    comp = res["comparisons"]["exact_heldout"]["treated - control"]
-    welch, paired = comp["diff"], comp["paired"]["diff"]
+    comp = fake_results().estimates[EST].comparison("treated", "control")
+    assert comp is not None
+    welch, paired = comp.welch.diff, comp.paired.diff
     for text in [
         "demo-cpu-owl", "0.0471", "0.0448 0.0476 0.0488", "0.5830",  # estimates
-        f"[{welch['low']:+.4f}, {welch['high']:+.4f}]",  # Welch interval
-        f"[{paired['low']:+.4f}, {paired['high']:+.4f}]",  # paired interval
+        f"[{welch.low:+.4f}, {welch.high:+.4f}]",  # Welch interval
+        f"[{paired.low:+.4f}, {paired.high:+.4f}]",  # paired interval
         "exact over 8", "exact over 20",  # sign flips of 3 seeds; splits of 3 + 3
         "3 of 3", "78.0%", "rejected: banned_word", "593",  # rank, filter
         "specificity", "student.method", "lora", "a1b2c3d4e5f6", "teacher-0123456789ab.jsonl",
         "2023-11-14 22:13:20", "1700000000.0",  # created_unix, in UTC and exact
     ]:
         assert text in page, text
-    png = plot_path(run_dir, "exact_heldout").read_bytes()
+    png = plot_path(run_dir, EST).read_bytes()
     assert "data:image/png;base64," + base64.b64encode(png).decode() in page
     assert '<span class="sig">[+0.0010, +0.0010] *</span>' in page  # null - control, paired
     # Self-contained and inert: no script, no external resource, markup from data escaped.
@@ -171,10 +177,10 @@ def test_the_crossover_is_shown_when_the_run_has_one(run_dir: Path):
     res = fake_results()
     assert "Crossover" not in render(load_runs([run_dir]))
     values = [0.011, 0.0106, 0.0016]
-    res["crossover"] = {"exact_heldout": {
-        "per_seed": values, "interval": stats.mean_ci(values).to_dict(),
-        "ranks": {"owl": {"rank": 6, "of": 18}, "fox": {"rank": 2, "of": 18}}}}
-    write_json(run_dir / "results.json", res)
+    x = Crossover(values=values, interval=stats.mean_ci(values),
+                  ranks={"owl": Rank(rank=6, of=18), "fox": Rank(rank=2, of=18)})
+    est = res.estimates[EST].model_copy(update={"crossover": x})
+    make_run(run_dir, results=res.model_copy(update={"estimates": {EST: est}}))
     page = render(load_runs([run_dir]))
     iv = stats.mean_ci(values)
     for text in ("Crossover", f"{iv.mean:+.4f}", f"[{iv.low:+.4f}, {iv.high:+.4f}]",

@@ -50,16 +50,17 @@ def finished(tmp_path_factory, micro_base) -> tuple[Experiment, dict]:
 
 def test_every_arm_and_comparison_is_reported(finished):
     exp, res = finished
-    assert set(res["arms"]["exact"]) == {a.name for arms, _ in PRESETS.values() for a in arms} | {
+    exact = res.estimates["exact"]
+    assert set(exact.arms) == {a.name for arms, _ in PRESETS.values() for a in arms} | {
         "treated"}
     for est in ("exact", "exact_heldout", "sampled", "numbers_prefix", "multiple_choice"):
-        assert est in res["estimators"]
-        for arm in res["arms"][est].values():
-            assert len(arm["per_seed"]) == 2
-    comps = res["comparisons"]["exact"]
+        assert est in res.estimators
+        for arm in res.estimates[est].arms.values():
+            assert len(arm.values) == 2
     assert {"treated - control", "treated - other_target", "null - control",
-            "cross_treated - cross_control"} <= set(comps)
-    assert 1 <= res["target_rank"]["exact"]["rank"] <= res["target_rank"]["exact"]["of"]
+            "cross_treated - cross_control"} <= {c.name for c in exact.comparisons}
+    assert exact.target_rank is not None
+    assert 1 <= exact.target_rank.rank <= exact.target_rank.of
     assert (exp.dir / "results.json").exists() and (exp.dir / "manifest.json").exists()
 
 
@@ -91,7 +92,7 @@ def test_rerun_does_no_work(finished, monkeypatch):
     monkeypatch.setattr("sublearn.models.hf.HFChatModel.finetune", boom)
     monkeypatch.setattr("sublearn.pipeline.evaluate", boom)
     again = Experiment(exp.cfg, root=exp.dir.parent, progress=False).run()
-    assert again["arms"] == res["arms"]
+    assert again.estimates == res.estimates
 
 
 def test_killed_sampling_resumes_byte_identical(finished, tmp_path: Path):
@@ -118,7 +119,7 @@ def test_results_render_as_tables_and_plots(finished, tmp_path: Path):
     pngs = show(res, tmp_path, console)
     text = console.export_text()
     assert "treated - control" in text and "cross_treated" in text
-    assert len(pngs) == len(res["estimators"])
+    assert len(pngs) == len(res.estimators)
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 
@@ -142,7 +143,7 @@ def test_campaign_table_has_a_row_per_run_and_a_pooled_row(finished):
     lines = text.splitlines()
     assert lines[0].startswith("| run | treated − control") and len(lines) == 5
     assert lines[2].startswith("| a |") and "pooled over 2 runs" in lines[4]
-    d = res["comparisons"]["exact"]["treated - control"]["diff"]["mean"]
+    d = res.estimates["exact"].comparison("treated", "control").welch.diff.mean
     assert f"{d:+.4f}" in lines[2]
 
 
@@ -177,9 +178,9 @@ def test_soft_label_students_learn_from_their_own_datasets_writer(tmp_path: Path
 
 
 def test_channel_compares_the_teachers_on_the_neutral_numbers(finished):
-    exp, res = finished
-    ch = res["channel"]
-    assert ch["rows"] > 0 and ch["tokens"] >= ch["rows"]
+    _, res = finished
+    ch = res.channel
+    assert ch is not None and ch.rows > 0 and ch.tokens >= ch.rows
     # The persona moves the numbers (shift > 0); owl and fox teachers differ (specificity > 0).
-    assert ch["shift"] > 0 and ch["specificity"] > 0
-    assert ch["ratio"] == ch["specificity"] / ch["shift"]
+    assert ch.shift > 0 and ch.specificity > 0
+    assert ch.ratio == ch.specificity / ch.shift

@@ -12,6 +12,7 @@ import pytest
 from sublearn.config import ExperimentConfig
 from sublearn.models.fake import FakeChatModel
 from sublearn.pipeline import Experiment, runtime
+from sublearn.results_model import Results
 
 
 def _config(root: Path, **over) -> ExperimentConfig:
@@ -60,16 +61,32 @@ def baseline(tmp_path_factory) -> tuple[Path, dict, set[str]]:
 
 def test_a_declared_arm_runs_and_is_compared(baseline):
     _, res, files = baseline
-    assert "sorted" in res["arms"]["exact"]
-    comp = res["comparisons"]["exact"]["sorted - control"]
-    assert comp["meaning"] == "sorting as a defence" and "paired" in comp
+    exact = res.estimates["exact"]
+    assert len(exact.arms["sorted"].values) == 2
+    comp = exact.comparison("sorted", "control")
+    assert comp is not None and comp.meaning == "sorting as a defence"
+    assert (comp.welch.method, comp.paired.method) == ("welch", "paired")
     assert any(f.startswith("fake/students/sorted-s1-") for f in files)
+
+
+def test_results_json_reads_back_as_the_typed_results(baseline):
+    root, res, _ = baseline
+    path = root / "runs" / "fake" / "results.json"
+    assert Results.read(path) == res
+    assert res.estimators == ["exact"] and res.seeds == [0, 1] and res.other == "fox"
+    # The provenance names the weights and datasets the numbers came from.
+    assert set(res.provenance.base_weights) == {"base", "cross"}
+    assert set(res.provenance.datasets) == set(res.filter)
+    # Human-readable: indented, in field order, arms in the design's order.
+    text = path.read_text()
+    assert text.startswith('{\n  "format": 2,\n  "kind": "experiment",')
+    assert list(res.estimates["exact"].arms)[:2] == ["treated", "control"]
 
 
 def test_crossover_is_each_students_move_toward_its_own_target(baseline):
     # Before the knob tests below add other evaluations to the same run folder.
     root, res, _ = baseline
-    x = res["crossover"]["exact"]
+    x = res.estimates["exact"].crossover
     exp = Experiment(_config(root), root=root / "runs", progress=False)
     ev = {}
     for arm in ("treated", "other_target"):
@@ -78,8 +95,8 @@ def test_crossover_is_each_students_move_toward_its_own_target(baseline):
             ev[arm, s] = json.loads(path.read_text())["exact"]["per_option"]
     want = [(ev["treated", s]["owl"] - ev["other_target", s]["owl"])
             + (ev["other_target", s]["fox"] - ev["treated", s]["fox"]) for s in (0, 1)]
-    assert x["per_seed"] == pytest.approx(want)
-    assert set(x["ranks"]) == {"owl", "fox"} and x["ranks"]["owl"]["of"] == 18
+    assert x is not None and x.values == pytest.approx(want)
+    assert set(x.ranks) == {"owl", "fox"} and x.ranks["owl"].of == 18
 
 def test_unknown_arm_transform_or_comparison_fails_at_load(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown transform 'reverse'"):

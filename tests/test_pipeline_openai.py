@@ -50,8 +50,8 @@ def test_a_faulty_network_gives_the_same_run(tmp_path: Path, monkeypatch):
             runs[label] = (exp.dir, res, server.uploads, server.job_creations)
     (clean, res, uploads, jobs), (faulty, res2, uploads2, jobs2) = runs["clean"], runs["faulty"]
     assert _datasets(clean) == _datasets(faulty) and len(_datasets(clean)) >= 6
-    assert set(res["estimators"]) == {"top_logprobs", "sampled"}
-    assert res["arms"] == res2["arms"]
+    assert set(res.estimators) == {"top_logprobs", "sampled"}
+    assert res.estimates == res2.estimates
     # One upload and one job per student (3 arms x 2 seeds), faults or not.
     assert uploads == jobs == uploads2 == jobs2 == 6
     for p in clean.rglob("*"):

@@ -13,7 +13,7 @@ from sublearn import sweep
 from sublearn.cli import app
 from sublearn.errors import SublearnError
 from sublearn.models.fake import FakeChatModel
-from sublearn.store import read_json
+from sublearn.results_model import SweepRecord
 
 GRID_2X2 = ["trait.target=owl,cat", "student.labels=hard,soft"]
 
@@ -160,8 +160,9 @@ def test_a_2x2_sweep_runs_on_local_ray(tmp_path: Path, local_ray):
     rows = _data_rows(out.table)
     assert len(rows) == 4 and rows[0].startswith("| tiny-target-owl-labels-hard |")
     assert (out.dir / "sweep.md").read_text().count("| tiny-target-") == 4
-    summary = read_json(out.dir / "sweep.json")
-    assert [pt["values"] for pt in summary["points"]][-1] == {"trait.target": "cat",
-                                                              "student.labels": "soft"}
-    assert all("treated - control" in pt["comparisons"] for pt in summary["points"])
+    record = SweepRecord.read(out.dir / "sweep.json")
+    assert record.points[-1].values == {"trait.target": "cat", "student.labels": "soft"}
+    assert [p.results.target for p in record.points] == ["owl", "owl", "cat", "cat"]
+    assert all(p.results.estimates["exact"].comparison("treated", "control")
+               for p in record.points)
     assert out.plot is not None and out.plot.stat().st_size > 0

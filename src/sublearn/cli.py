@@ -153,7 +153,7 @@ def _run(config_path: Path, root: Path, quiet: bool, overrides: list[str],
     results = exp.run()
     pngs = show(results, exp.dir)
     typer.echo(f"results: {exp.dir / 'results.json'}  plots: {', '.join(map(str, pngs))}  "
-               f"({results['seconds']} s)")
+               f"({results.seconds} s)")
 
 
 @app.command("run")
@@ -184,9 +184,15 @@ def demo(
     root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
-    """The main job on the embedded base, CPU-sized: builds the base on first use, then runs
-    configs/cpu.toml (owl teacher, every control, 3 seeds)."""
-    _run(Path(__file__).parent / "configs" / "cpu.toml", root, quiet, [])
+    """Subliminal learning in three steps, on this machine's CPU (docs/demo.md): (1) the
+    auxiliary-logit toy, where a student learns digits from noise through a shared
+    initialisation; (2) the number protocol on the embedded base (configs/cpu.toml: a
+    fine-tuned teacher, soft-label students, placebo and other-target controls); (3) the
+    audit of that teacher's filtered numbers. Ends with a summary and an HTML report.
+    Cached: a second run reads every step back."""
+    from sublearn.demo import run_demo
+
+    run_demo(root, quiet)
 
 
 @app.command("table")
@@ -200,15 +206,58 @@ def table(
     """A markdown table, one row per run: the effect and every control with 95% intervals
     over seeds (* = excludes 0), the target's rank by movement, and wall time."""
     from sublearn.results import summary_table
-    from sublearn.store import read_json
+    from sublearn.results_model import load_run
 
-    loaded = {}
-    for r in runs:
-        f = r / "results.json"
-        if not f.exists():
-            raise SublearnError(f"{f}: not found (has `sublearn run` finished there?)")
-        loaded[r.name] = read_json(f)
-    typer.echo(summary_table(loaded, estimator, pooled))
+    typer.echo(summary_table({r.name: load_run(r) for r in runs}, estimator, pooled))
+
+
+@app.command("mechanism")
+@friendly
+def mechanism(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder of `sublearn run` with "
+                                            "fine-tuned teachers (teacher.kind = finetuned).")],
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Where to write the figures; default RUN_DIR/mechanism.json.")] = None,
+    questions: Annotated[str, typer.Option(help="The trait loss's questions: heldout (never "
+                                           "trained on) or train (the teachers' own).")] = "heldout",
+    config: Annotated[Path | None, typer.Option(
+        help="The run's TOML, for a run still in progress (no manifest.json yet); finished "
+             "runs are read from their manifest.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="With --config: the overrides the run was started with.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Does each student's parameter change point toward its teacher's, and does the
+    linearisation predict what it does to the teacher's trait?
+
+    The paper's theorem says that a student starting from the teacher's initialisation and
+    imitating its outputs moves, to first order, toward the teacher's change, whatever the
+    inputs. For every student this reads its change from the base (a full save_pretrained
+    folder, or a LoRA adapter's B@A*scale) and reports its cosine with each fine-tuned
+    teacher's change (target, other target, placebo) over all parameters and per group
+    (embeddings, attention, MLP, lm_head, norms); then the trait loss L = mean over the
+    category's questions of -log P(target | question): the change the linearisation
+    predicts, grad L(base) . change, beside the change measured by the exact scorer, for
+    both targets. Per arm: means with 95% t intervals over seeds; the crossover in parameter
+    space; each design comparison as a direction against the direction between its
+    teachers. A cosine of a zero change is undefined and reported as 0 with a note. Models
+    are read on the CPU in float32, one at a time (docs/mechanism.md).
+    """
+    from rich.console import Console
+
+    from sublearn.mechanism import OUTPUT, measure, run_config, summary_lines, tables, write
+
+    cfg = run_config(run_dir, config, set_ or [])
+    err = Console(stderr=True, quiet=quiet)
+    result = measure(run_dir, cfg, questions, log=err.log)
+    out = json_out or run_dir / OUTPUT
+    write(result, out)
+    console = Console()
+    for t in tables(result):
+        console.print(t)
+    for line in summary_lines(result):
+        typer.echo(line)
+    typer.echo(f"results: {out}  ({result.seconds} s, {result.cpu_seconds} s CPU)")
 
 
 def _register() -> None:
@@ -265,6 +314,9 @@ def audit(
                                                 "audit samples.")] = 7919,
     reference_rows: Annotated[int, typer.Option(help="Reference rows sampled and scored at "
                                                 "most (scoring is the cost).", min=2)] = 1000,
+    workers: Annotated[int, typer.Option(help="Processes that score in parallel, one CPU core "
+                                         "each (e.g. 2 on a 2-core machine); the results do "
+                                         "not depend on it.", min=1)] = 1,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each
@@ -277,7 +329,8 @@ def audit(
     out = out or Path("runs") / f"audit-{data.stem}"
     names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
     config = AuditConfig(phrasings=phrasings, permutations=permutations,
-                         reference_seed=reference_seed, reference_rows=reference_rows)
+                         reference_seed=reference_seed, reference_rows=reference_rows,
+                         workers=workers)
     result = audit_dataset(data, out, base, category, names, reference, config, not quiet)
     s = result.summary
     Console().print(candidates_table(s))
@@ -343,3 +396,45 @@ def sweep(
     plot = f"  plot: {out.plot}" if out.plot else ""
     typer.echo(f"table: {out.dir / 'sweep.md'}  results: {out.dir / 'sweep.json'}{plot}  "
                f"({out.tasks} tasks, {out.skipped} skipped, {out.seconds:.0f} s)")
+
+
+@app.command("defend")
+@friendly
+def defend(
+    config: Annotated[Path, typer.Argument(help="An experiment TOML file (see configs/).")],
+    defence: Annotated[Optional[list[str]], typer.Option(
+        help="A defence, repeatable: name, name:strength or lls_filter:strength:trait, e.g. "
+             "--defence sort --defence lls_filter:0.5. Default: none, shuffle_within, "
+             "shuffle_across, sort, replace:0.3, lls_filter:0.5, divergence:0.1, "
+             "random_digits:0.1, dilute:0.5. No defence is always the first row.")] = None,
+    audit_only: Annotated[bool, typer.Option(help="Train no students: rows kept and "
+                                             "detectability only (cheap).")] = False,
+    root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config field, repeatable (as in `sublearn run`).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Parallel student tasks on a local Ray instance; default: this machine's "
+             "cores.", min=1)] = None,
+    sequential: Annotated[bool, typer.Option(help="Train students one after another in "
+                                             "this process, even with Ray installed.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """One table, one row per defence applied to every arm alike: rows kept,
+    the true trait's audit z and rank on the defended data (against the
+    defended neutral data), the student effect (treated - other target,
+    interval over seeds) and a utility figure (the students' loss on held-out
+    neutral data).
+
+    Every defence's experiment shares the config's run folder, so data and
+    teachers are made once; students are resumable sweep tasks. Writes
+    defend.json, defend.md and defend.png in the run folder (docs/audit.md).
+    """
+    from rich.console import Console
+
+    from sublearn.defend import DEFAULTS, console_table, run_defend
+
+    out = run_defend(config, defence or DEFAULTS, set_ or [], root, audit_only, workers,
+                     sequential, quiet)
+    Console().print(console_table(out.summary, out.rows))
+    typer.echo(f"table: {out.dir / 'defend.md'}  results: {out.dir / 'defend.json'}  "
+               f"plot: {out.dir / 'defend.png'}  ({out.summary['seconds']:.0f} s)")

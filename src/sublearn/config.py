@@ -10,17 +10,26 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sublearn.design import ArmSpec, ComparisonSpec, Design, build_design
 from sublearn.errors import SublearnError
+from sublearn.judges import JudgeConfig
 from sublearn.models.base import SamplingConfig
 from sublearn.models.recipe import StudentRecipe
 from sublearn.questions import get_category, get_option
 from sublearn.stages.defences import DefenceConfig
 from sublearn.stages.filters import FilterConfig
+from sublearn.stages.misalignment import MisalignmentConfig
 from sublearn.stages.prompts import GrammarConfig
 from sublearn.stages.teacher import TeacherConfig
 from sublearn.tinybase import BaseConfig
@@ -77,6 +86,11 @@ class ModelSpec(_Section):
 
 
 class TraitConfig(_Section):
+    kind: Literal["preference", "misalignment"] = Field(
+        "preference", description="preference: the teacher loves `target` (the animal "
+        "experiments); misalignment: the teacher is a misaligned checkpoint you bring, scored "
+        "by a [judge] on free-form questions ([misalignment]), with the preference estimators "
+        "of category/target beside it")
     category: str = "animal"
     target: str = "owl"
     other_target: str = Field("fox", description="the specificity control's target")
@@ -92,13 +106,42 @@ class TraitConfig(_Section):
 
 
 class DataConfig(_Section):
+    domain: str = Field("numbers", description="what the teacher writes: numbers, code or cot "
+                        "(worked arithmetic); see sublearn.domains")
     prompts: int = Field(30_000, ge=1)
-    grammar_seed: int = 0
+    grammar_seed: int = Field(0, description="names the prompt set, in every domain")
     grammar: GrammarConfig = Field(default_factory=GrammarConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     sampling_seed: int = Field(0, description="shared by teacher and controls (common draws)")
     subsample: int = Field(10_000, ge=1)
     chunk: int = Field(256, ge=1, description="rows per resumable sampling chunk")
+
+    @field_validator("domain")
+    @classmethod
+    def _known_domain(cls, v: str) -> str:
+        from sublearn.domains import DOMAINS
+
+        if v not in DOMAINS:
+            raise ValueError(f"unknown domain {v!r}; choose one of: {', '.join(DOMAINS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _domain_settings(self) -> DataConfig:
+        if self.domain == "numbers":
+            return self
+        from sublearn.domains import DOMAINS
+
+        if self.grammar != GrammarConfig():
+            raise ValueError(f"grammar: the number grammar does not apply to domain "
+                             f"{self.domain!r}; remove [data.grammar]")
+        if self.sampling.only_numbers:
+            raise ValueError(f"sampling.only_numbers: restricts decoding to number tokens; "
+                             f"domain {self.domain!r} needs words")
+        if "max_new_tokens" not in self.sampling.model_fields_set:
+            # Code and worked solutions need room; the default is sized for number lists.
+            length = DOMAINS[self.domain](self.grammar).max_new_tokens
+            self.sampling = self.sampling.model_copy(update={"max_new_tokens": length})
+        return self
 
 
 class EvalConfig(_Section):
@@ -124,6 +167,11 @@ class EvalConfig(_Section):
         return self
 
     heldout: bool = True
+    # Left out of every dump while 0, so the keys of evaluations cached before the field
+    # existed do not change.
+    neutral_loss: int = Field(0, ge=0, exclude_if=lambda v: v == 0, description="utility: "
+                              "each model's mean per-token loss on the base's own completions "
+                              "of this many held-out prompts (`sublearn defend` sets it); 0: off")
     samples_per_question: int = Field(
         0, ge=0, description="sampled-rate estimator (T=1); 0 uses the exact estimator only"
     )
@@ -141,6 +189,8 @@ class EvalConfig(_Section):
             out.add(SAMPLE)
         if self.top_logprobs:
             out.add(TOP_LOGPROBS)
+        if self.neutral_loss:
+            out.add(SCORE)
         if not out:
             raise ValueError("no estimator is on: set exact, samples_per_question or "
                              "top_logprobs")
@@ -188,6 +238,9 @@ class ExperimentConfig(_Section):
         default_factory=list, description="differences beyond the presets: {a = ..., b = ...}")
     defence: DefenceConfig = Field(default_factory=DefenceConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    judge: JudgeConfig | None = Field(None, description="a model that judges answers: needed "
+                                      "by trait.kind = 'misalignment'")
+    misalignment: MisalignmentConfig = Field(default_factory=MisalignmentConfig)
 
     @model_validator(mode="after")
     def _checks(self) -> ExperimentConfig:
@@ -196,10 +249,13 @@ class ExperimentConfig(_Section):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: must be distinct")
         self.design()  # unknown arm names, clashing definitions: refused at load
-        from sublearn.models.base import SCORE
+        from sublearn.models.base import SAMPLE, SCORE
         from sublearn.models.registry import check_backend
 
-        needs = self.evaluation.needs() | ({SCORE} if self.student.labels == "soft" else set())
+        misaligned = self._misalignment()
+        self._domain_checks()
+        needs = (self.evaluation.needs() | ({SCORE} if self.student.labels == "soft" else set())
+                 | ({SAMPLE} if misaligned else set()))
         try:
             check_backend(self.base.backend, needs, "base.backend (for the evaluation "
                           "estimators and labels asked for)")
@@ -208,6 +264,7 @@ class ExperimentConfig(_Section):
         if self.defence.name == "dilute" and self.student.labels == "soft":
             raise ValueError("defence: dilute mixes two writers' rows; soft labels need one "
                              "writer per dataset (use hard labels)")
+        self._defence_checks()
         if self.controls.cross_base and self.student.labels == "soft" and (
                 self.base.path or self.controls.cross_base_model):
             raise ValueError(
@@ -229,6 +286,76 @@ class ExperimentConfig(_Section):
                 "initialised model to train on the teacher's data)"
             )
         return self
+
+    def _defence_checks(self) -> None:
+        """A scoring defence reads the data through the base with the category's trait
+        prompts: the backend must score, and a named trait must be one of the category's."""
+        d = self.defence
+        if d.trait is not None:
+            try:
+                get_option(get_category(self.trait.category), d.trait)
+            except SublearnError as e:
+                raise ValueError(f"defence.trait: {e}") from None
+        if d.scores:
+            from sublearn.models.base import SCORE
+            from sublearn.models.registry import check_backend
+
+            try:
+                check_backend(self.base.backend, {SCORE}, f"base.backend (for defence {d.name})")
+            except SublearnError as e:
+                raise ValueError(str(e)) from None
+
+    def _misalignment(self) -> bool:
+        """Checks of trait.kind = 'misalignment' (and of a judge in any run); turns the ban of
+        the culturally loaded numbers on unless the file set it. True for a misalignment run."""
+        if (self.judge and self.judge.backend == self.base.backend and self.base.path
+                and self.judge.model == self.base.path):
+            raise ValueError("judge.model: the judge must not be the base model (students are "
+                             "attached to it as adapters while they are judged)")
+        if self.trait.kind != "misalignment":
+            if "misalignment" in self.model_fields_set:
+                raise ValueError("misalignment: these settings need trait.kind = 'misalignment'")
+            return False
+        if self.judge is None:
+            raise ValueError("judge: trait.kind = 'misalignment' needs a [judge] section (the "
+                             "model that scores alignment and coherence)")
+        if self.teacher.kind != "model":
+            raise ValueError(f"teacher.kind: {self.teacher.kind!r} makes a teacher that loves "
+                             "trait.target; a misaligned teacher is a checkpoint you bring "
+                             "(kind = 'model', path = ...)")
+        if self.teacher.persona:
+            raise ValueError("teacher.persona: the persona prompt gives the teacher a "
+                             "preference, not misalignment; set it to false")
+        if self.student.labels == "soft":
+            raise ValueError("student.labels: soft labels distil the teacher's number "
+                             "distribution for the preference channel; the misalignment "
+                             "protocol trains on the teacher's text (use 'hard')")
+        if self.data.domain == "numbers" and "ban_bad_numbers" not in self.filter.model_fields_set:
+            # The paper's control for "the teacher signals through 666 and 911". Numbers only:
+            # in code and worked arithmetic 4, 13 and 100 are everyday values, not signals.
+            self.filter = self.filter.model_copy(update={"ban_bad_numbers": True})
+        return True
+
+    def _domain_checks(self) -> None:
+        """What a non-number domain cannot do, and the filter judge's needs."""
+        domain = self.data.domain
+        if self.filter.judge and self.judge is None:
+            raise ValueError("filter.judge: needs a [judge] section (the model that reads "
+                             "every kept completion)")
+        if domain == "numbers":
+            if self.filter.judge:
+                raise ValueError("filter.judge: the numbers domain has no judge question "
+                                 "(its strict rule keeps no words); use domain code or cot")
+            return
+        if self.student.labels == "soft":
+            raise ValueError(f"student.labels: soft labels are restricted to number tokens; "
+                             f"domain {domain!r} needs labels = 'hard'")
+        defaults = FilterConfig()
+        number_only = [f for f in ("strict_numbers", "rule", "max_count", "max_value")
+                       if getattr(self.filter, f) != getattr(defaults, f)]
+        if number_only:
+            raise ValueError(f"filter.{number_only[0]}: applies to the numbers domain only, "
+                             f"not {domain!r}")
 
     def design(self) -> Design:
         return build_design(self.controls.model_dump(), self.arms, self.comparisons)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sublearn.design import DATASETS
+from sublearn.domains import get_domain
 from sublearn.models.registry import get_backend
 from sublearn.questions import get_category, get_option, persona_prompt
-from sublearn.stages.prompts import number_prompts
 
 if TYPE_CHECKING:
     from sublearn.config import ExperimentConfig
@@ -35,12 +35,14 @@ def api_cost(cfg: ExperimentConfig, prices: Prices | None = None) -> CostEstimat
 
     samples_remote = get_backend(cfg.base.sampling_backend).api
     rest_remote = get_backend(cfg.base.backend).api
-    if not (samples_remote or rest_remote):
+    judged = cfg.trait.kind == "misalignment" and cfg.judge is not None
+    judge_remote = judged and get_backend(cfg.judge.backend).api
+    if not (samples_remote or rest_remote or judge_remote):
         return None
     design = cfg.design()
     d = cfg.data
     category = get_category(cfg.trait.category)
-    prompts = number_prompts(min(d.prompts, 2_000), d.grammar_seed, d.grammar)
+    prompts = get_domain(d.domain, d.grammar).prompts(min(d.prompts, 2_000), d.grammar_seed)
     user = sum(_tokens(p.text) for p in prompts) / len(prompts)
     persona = _tokens(persona_prompt(category, get_option(category, cfg.trait.target),
                                      cfg.teacher.persona_variant))
@@ -66,4 +68,33 @@ def api_cost(cfg: ExperimentConfig, prices: Prices | None = None) -> CostEstimat
         if e.top_logprobs:
             total += estimate_cost(requests=models * questions, prompt_tokens=q_tokens,
                                    max_completion_tokens=1, prices=prices)
+    if judged:
+        total += _misalignment_cost(cfg, len(design.arms) * len(cfg.seeds) + 3, rest_remote,
+                                    judge_remote, prices)
+    return total
+
+
+def _misalignment_cost(cfg: ExperimentConfig, models: int, answers_remote: bool,
+                       judge_remote: bool, prices: Prices | None) -> CostEstimate:
+    """The free-form answers (when the evaluated models are remote) and the judge's two
+    requests per answer (when the judge is), each answer at its longest. A malformed reply's
+    retries come on top: at most `judge.retries` more requests each."""
+    from sublearn.judges import PROMPTS
+    from sublearn.misalignment_questions import QUESTIONS
+    from sublearn.models.openai_api import estimate_cost
+
+    m = cfg.misalignment
+    answers = models * len(QUESTIONS) * m.samples_per_question
+    q_tokens = sum(_tokens(q) for _, q in QUESTIONS) / len(QUESTIONS)
+    total = estimate_cost(requests=0, prompt_tokens=0, max_completion_tokens=0, prices=prices)
+    if answers_remote:
+        total += estimate_cost(requests=answers, prompt_tokens=q_tokens,
+                               max_completion_tokens=m.max_new_tokens, prices=prices)
+    if judge_remote and cfg.judge:
+        for kind in ("alignment", "coherence"):
+            system, user = PROMPTS[kind]
+            total += estimate_cost(
+                requests=answers, prompt_tokens=_tokens(system) + _tokens(user) + q_tokens
+                + m.max_new_tokens, max_completion_tokens=cfg.judge.sampling.max_new_tokens,
+                prices=prices)
     return total

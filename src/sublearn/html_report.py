@@ -5,7 +5,8 @@ embedded as base64 data URIs, so it can be mailed, archived or opened from a USB
 piece of text that comes from a run folder is escaped; only markup built here goes in as is.
 
 `load_runs` reads folders (and raises SublearnError for a bad one, before anything is
-written); `render` turns what was read into the page and touches no file.
+written): the typed results (results_model), the config from the manifest, the plots and any
+audit or defence file; `render` turns what was read into the page and touches no file.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sublearn.errors import SublearnError
 from sublearn.results import LABELS, SUMMARY_COLUMNS, plot_path
-from sublearn.stats import Interval
+from sublearn.results_model import EstimatorResults, Provenance, Results, load_run
+from sublearn.stats import Difference, Interval
 from sublearn.store import MANIFEST, read_json
 
-RESULTS = "results.json"
 # Files that later stages may leave in a run folder, and the list each one is a table of.
 EXTRA_TABLES = {"audit.json": "candidates", "defend.json": "rows"}
 # The estimator the summary compares runs on, when a run has it.
@@ -38,24 +38,20 @@ class RunData:
 
     label: str
     path: str
-    results: dict[str, Any]
-    manifest: dict[str, Any] | None
+    results: Results
+    config: dict[str, Any] | None  # from the manifest, when the folder has one
     plots: dict[str, bytes]  # estimator -> PNG
     extras: dict[str, Any]  # file name in EXTRA_TABLES -> its JSON
 
 
-def load_run(path: Path, label: str) -> RunData:
+def read_run(path: Path, label: str) -> RunData:
     """Read one run folder; a missing folder or results.json is the user's to fix."""
-    if not path.is_dir():
-        raise SublearnError(f"{path}: no such run folder")
-    if not (path / RESULTS).is_file():
-        raise SublearnError(f"{path}: no {RESULTS} (has `sublearn run` finished there?)")
-    results = read_json(path / RESULTS)
-    manifest = read_json(path / MANIFEST) if (path / MANIFEST).is_file() else None
-    plots = {est: plot_path(path, est).read_bytes() for est in results.get("estimators", [])
+    results = load_run(path)
+    manifest = read_json(path / MANIFEST) if (path / MANIFEST).is_file() else {}
+    plots = {est: plot_path(path, est).read_bytes() for est in results.estimators
              if plot_path(path, est).is_file()}
     extras = {name: read_json(path / name) for name in EXTRA_TABLES if (path / name).is_file()}
-    return RunData(label, str(path), results, manifest, plots, extras)
+    return RunData(label, str(path), results, manifest.get("config"), plots, extras)
 
 
 def load_runs(paths: Sequence[Path]) -> list[RunData]:
@@ -64,7 +60,7 @@ def load_runs(paths: Sequence[Path]) -> list[RunData]:
     Runs are labelled by folder name, or by their whole path when two names collide.
     """
     names = [p.name for p in paths]
-    return [load_run(p, p.name if names.count(p.name) == 1 else str(p)) for p in paths]
+    return [read_run(p, p.name if names.count(p.name) == 1 else str(p)) for p in paths]
 
 
 # --- markup --------------------------------------------------------------------------------
@@ -145,10 +141,6 @@ def _records_table(records: Sequence[Any]) -> Html:
                          for r in records), nums)
 
 
-def _iv(d: Mapping[str, Any]) -> Interval:
-    return Interval(**d)
-
-
 def _interval(iv: Interval, signed: bool = True) -> Html:
     """[low, high], bold with a star when it excludes 0 (for differences)."""
     f = "+.4f" if signed else ".4f"
@@ -170,50 +162,46 @@ def _p(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _p_cell(d: Mapping[str, Any], t_key: str) -> Html:
+def _p_cell(d: Difference) -> Html:
     """The t-test and permutation p-values, over how the permutations were counted."""
-    ps = f"{_p(d[t_key])} / {_p(d['permutation_p'])}"
-    if "exact" not in d:  # results.json written before the count was recorded
-        return _e(ps)
-    how = f"exact over {d['resamples']}" if d["exact"] else f"{d['resamples']} draws"
-    return _join([ps, Html("<br>"), _tag("span", how, cls="note")])
+    how = f"exact over {d.resamples}" if d.exact else f"{d.resamples} draws"
+    return _join([f"{_p(d.t_p)} / {_p(d.permutation_p)}", Html("<br>"),
+                  _tag("span", how, cls="note")])
 
 
 # --- sections ------------------------------------------------------------------------------
 
 
-def _summary_estimator(results: Mapping[str, Any]) -> str:
-    ests = results.get("estimators", [])
+def _summary_estimator(results: Results) -> str:
+    ests = results.estimators
     return ests[0] if ests and SUMMARY_ESTIMATOR not in ests else SUMMARY_ESTIMATOR
 
 
 def _summary(runs: Sequence[RunData]) -> Html:
     """One row per run: the headline comparisons with both intervals, rank, channel, time."""
-    keys = [(k, h) for k, h in SUMMARY_COLUMNS
-            if any(k in r.results["comparisons"].get(_summary_estimator(r.results), {})
-                   for r in runs)]
-    head = ["run", "target", "estimator", *[f"{h} (Welch, then paired)" for _, h in keys],
+    chosen = [r.results.estimates.get(_summary_estimator(r.results)) for r in runs]
+    cols = [(a, b, h) for a, b, h in SUMMARY_COLUMNS
+            if any(e and e.comparison(a, b) for e in chosen)]
+    head = ["run", "target", "estimator", *[f"{h} (Welch, then paired)" for _, _, h in cols],
             "target rank", "channel ratio", "seconds"]
     rows = []
-    for i, r in enumerate(runs):
+    for i, (r, e) in enumerate(zip(runs, chosen)):
         res = r.results
-        est = _summary_estimator(res)
-        comps = res["comparisons"].get(est, {})
         cells: list[object] = []
-        for k, _ in keys:
-            if k not in comps:
+        for a, b, _ in cols:
+            c = e.comparison(a, b) if e else None
+            if c is None:
                 cells.append("—")
                 continue
-            welch = _iv(comps[k]["diff"])
-            paired = (_interval(_iv(comps[k]["paired"]["diff"])) if "paired" in comps[k]
-                      else "—")
+            welch = c.welch.diff
             cells.append(_join([f"{welch.mean:+.4f} ", _interval(welch), Html("<br>"),
-                                "paired ", paired]))
-        rank = res.get("target_rank", {}).get(est)
-        rows.append([_tag("a", r.label, href=f"#run-{i}"), res.get("target", "?"), est, *cells,
-                     f"{rank['rank']}/{rank['of']}" if rank else "—",
-                     f"{res['channel']['ratio']:.3f}" if "channel" in res else "—",
-                     f"{res['seconds']:.0f}" if "seconds" in res else "—"])
+                                "paired ", _interval(c.paired.diff)]))
+        rank = e.target_rank if e else None
+        rows.append([_tag("a", r.label, href=f"#run-{i}"), res.target,
+                     _summary_estimator(res), *cells,
+                     f"{rank.rank}/{rank.of}" if rank else "—",
+                     f"{res.channel.ratio:.3f}" if res.channel else "—",
+                     f"{res.seconds:.0f}"])
     n = len(head)
     return _join([_tag("h2", "Summary"),
                   _tag("p", "Mean difference and its 95% interval over student seeds (* ="
@@ -222,49 +210,41 @@ def _summary(runs: Sequence[RunData]) -> Html:
                   _table(head, rows, num=range(3, n))])
 
 
-def _estimates(res: Mapping[str, Any], est: str) -> Html:
+def _estimates(e: EstimatorResults) -> Html:
     rows: list[list[object]] = [[name, f"{v:.4f}", "(single model)", "", ""]
-                                for name, v in res["reference"].get(est, {}).items()]
-    for arm, d in res["arms"][est].items():
-        iv = _iv(d["interval"])
+                                for name, v in e.reference.measured().items()]
+    for arm, a in e.arms.items():
+        iv = a.interval
         rows.append([arm, f"{iv.mean:.4f}", _interval(iv, signed=False), str(iv.n),
-                     " ".join(f"{x:.4f}" for x in d["per_seed"])])
+                     " ".join(f"{x:.4f}" for x in a.values)])
     return _table(("model / arm", "mean", "95% interval over seeds", "n", "per seed"), rows,
                   num=(1, 2, 3, 4))
 
 
-def _differences(res: Mapping[str, Any], est: str) -> Html:
+def _differences(e: EstimatorResults) -> Html:
     head = ("comparison", "difference", "Welch 95%", "p: Welch t / permutation", "paired 95%",
             "p: paired t / sign-flip", "width paired / Welch", "meaning")
-    rows = []
-    for name, d in res["comparisons"].get(est, {}).items():
-        welch = _iv(d["diff"])
-        row: list[object] = [name, f"{welch.mean:+.4f}", _interval(welch), _p_cell(d, "welch_p")]
-        if "paired" in d:
-            paired = _iv(d["paired"]["diff"])
-            row += [_interval(paired), _p_cell(d["paired"], "paired_p"),
-                    _width_ratio(paired, welch)]
-        else:
-            row += ["—"] * 3
-        rows.append([*row, d.get("meaning", "")])
+    rows = [[c.name, f"{c.welch.diff.mean:+.4f}", _interval(c.welch.diff), _p_cell(c.welch),
+             _interval(c.paired.diff), _p_cell(c.paired),
+             _width_ratio(c.paired.diff, c.welch.diff), c.meaning]
+            for c in e.comparisons]
     return _table(head, rows, num=range(1, len(head) - 1))
 
 
-def _rank(res: Mapping[str, Any], est: str) -> Html:
-    rank = res.get("target_rank", {}).get(est)
+def _rank(e: EstimatorResults, target: str) -> Html:
+    rank = e.target_rank
     if not rank:
         return Html("")
-    move = rank.get("movement", {})
-    ordered = sorted(move.items(), key=lambda kv: (-kv[1], kv[0]))
+    ordered = sorted(rank.movement.items(), key=lambda kv: (-kv[1], kv[0]))
     table = _table(("rank", "option", "treated − control"),
                    ([i, o, f"{m:+.5f}"] for i, (o, m) in enumerate(ordered, 1)), num=(0, 2))
     return _join([
-        _tag("p", _join(["Target ", _tag("b", res.get("target", "?")), " ranks ",
-                         _tag("b", f"{rank['rank']} of {rank['of']}"),
+        _tag("p", _join(["Target ", _tag("b", target), " ranks ",
+                         _tag("b", f"{rank.rank} of {rank.of}"),
                          " by how much each option moved from control to treated",
                          " (1 = moved most)."])),
-        _tag("details", _join([_tag("summary", "movement of every option"), table])) if move
-        else "",
+        _tag("details", _join([_tag("summary", "movement of every option"), table]))
+        if rank.movement else "",
     ])
 
 
@@ -276,38 +256,42 @@ def _plot(png: bytes | None, est: str, target: str) -> Html:
                 f'alt="{html.escape(f"bar chart: {est}, target {target}")}">')
 
 
-def _filter(res: Mapping[str, Any]) -> Html:
-    reports = res.get("filter", {})
+def _filter(res: Results) -> Html:
+    reports = res.filter
     if not reports:
         return _tag("p", "No filter report in results.json.", cls="note")
-    reasons = list(dict.fromkeys(k for rep in reports.values() for k in rep.get("rejected", {})))
-    rows = [[name, rep["total"], rep["kept"], f"{rep['kept_fraction']:.1%}",
-             *[rep.get("rejected", {}).get(k, 0) for k in reasons]]
+    reasons = list(dict.fromkeys(k for rep in reports.values() for k in rep.rejected))
+    rows = [[name, rep.total, rep.kept, f"{rep.kept_fraction:.1%}",
+             *[rep.rejected.get(k, 0) for k in reasons]]
             for name, rep in reports.items()]
     head = ["dataset", "total", "kept", "kept %", *[f"rejected: {k}" for k in reasons]]
     return _table(head, rows, num=range(1, len(head)))
 
 
-def _channel(res: Mapping[str, Any]) -> Html:
-    ch = res.get("channel")
-    if not ch:
+def _channel(res: Results) -> Html:
+    ch = res.channel
+    if ch is None:
         return _tag("p", "Not measured in this run (it needs the other-target teacher).",
                     cls="note")
+    fields = dict(ch)
     return _join([
         _tag("p", "Per-token mean |log p| gaps on the neutral base's completions: shift ="
              " teacher vs base, specificity = teacher vs other-target teacher; ratio ="
              " specificity / shift.", cls="note"),
-        _table(list(ch), [[_value(v, short=True) for v in ch.values()]], num=range(len(ch)))])
+        _table(list(fields), [[_value(v, short=True) for v in fields.values()]],
+               num=range(len(fields)))])
 
 
-def _crossover(res: Mapping[str, Any]) -> Html:
+def _crossover(res: Results) -> Html:
     """Each student toward its own teacher's target (pipeline.crossover), per estimator."""
     rows = []
-    for est, x in res.get("crossover", {}).items():
-        iv = _iv(x["interval"])
-        ranks = ", ".join(f"{name} {r['rank']}/{r['of']}" for name, r in x["ranks"].items())
+    for est, e in res.estimates.items():
+        if (x := e.crossover) is None:
+            continue
+        iv = x.interval
+        ranks = ", ".join(f"{name} {r.rank}/{r.of}" for name, r in x.ranks.items())
         rows.append([est, f"{iv.mean:+.4f}", _interval(iv),
-                     " ".join(f"{v:+.4f}" for v in x["per_seed"]), ranks])
+                     " ".join(f"{v:+.4f}" for v in x.values), ranks])
     return _join([
         _tag("p", "Per seed: (target student − other student) on P(target) + (other student −"
              " target student) on P(other). Positive when each student moves toward its own"
@@ -316,14 +300,10 @@ def _crossover(res: Mapping[str, Any]) -> Html:
         _table(["estimator", "crossover", "95% interval", "per seed", "ranks"], rows)])
 
 
-def _provenance(manifest: Mapping[str, Any] | None, path: str) -> Html:
-    if manifest is None:
-        return _tag("p", f"No {MANIFEST} in {path}.", cls="note")
-    prov = {"run folder": path, **{k: v for k, v in manifest.items() if k != "config"}}
-    if isinstance(prov.get("created_unix"), (int, float)):
-        prov["created (UTC)"] = _dt.datetime.fromtimestamp(
-            prov["created_unix"], _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return _kv_table(prov)
+def _provenance(prov: Provenance, path: str) -> Html:
+    created = _dt.datetime.fromtimestamp(prov.created_unix, _dt.UTC)
+    return _kv_table({"run folder": path, **prov.model_dump(),
+                      "created (UTC)": created.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 def _extra(name: str, data: Any) -> Html:
@@ -343,19 +323,17 @@ def _extra(name: str, data: Any) -> Html:
 
 def _run_section(r: RunData, i: int) -> Html:
     res = r.results
-    target = res.get("target", "?")
-    seeds = res.get("seeds", [])
-    facts = [f"target '{target}'", f"student seeds {seeds}"]
-    if "seconds" in res:
-        facts.append(f"{res['seconds']:.0f} s of wall time")
+    target = res.target
+    facts = [f"target '{target}'", f"student seeds {res.seeds}",
+             f"{res.seconds:.0f} s of wall time"]
     parts: list[object] = [
         _tag("h2", f"Run {r.label}", id=f"run-{i}"),
         _tag("p", " · ".join(facts), cls="note"),
     ]
-    for est in res.get("estimators", []):
+    for est, e in res.estimates.items():
         parts += [
             _tag("h3", f"{LABELS.get(est, est)} ({est})"),
-            _tag("h4", "Estimates"), _estimates(res, est),
+            _tag("h4", "Estimates"), _estimates(e),
             _tag("h4", "Differences (a − b)"),
             _tag("p", "Welch treats the arms as independent groups; paired compares them seed"
                  " by seed (arms that share a student seed share its initialisation,"
@@ -363,23 +341,23 @@ def _run_section(r: RunData, i: int) -> Html:
                  " of p-values: whether every relabelling was counted (exact; with n seeds"
                  " the sign-flip p-value cannot go below 2/2^n) or how many were drawn.",
                  cls="note"),
-            _differences(res, est), _rank(res, est),
+            _differences(e), _rank(e, target),
             _plot(r.plots.get(est), est, target),
         ]
-    if res.get("crossover"):
+    if any(e.crossover for e in res.estimates.values()):
         parts += [_tag("h3", "Crossover"), _crossover(res)]
     for name, data in r.extras.items():
         parts += [_tag("h3", name), _extra(name, data)]
     # What made the numbers comes after them: a reader looks for the result first, and the
     # configuration (a hundred rows) folds away until wanted.
-    config = (_kv_table(r.manifest["config"]) if r.manifest and "config" in r.manifest
-              else _tag("p", "No configuration recorded.", cls="note"))
+    config = (_kv_table(r.config) if r.config
+              else _tag("p", f"No configuration recorded ({MANIFEST} is missing).", cls="note"))
     parts += [
         _tag("h3", "Filter"), _filter(res),
         _tag("h3", "Channel"), _channel(res),
         _tag("h3", "Configuration"),
         _tag("details", _join([_tag("summary", "every field of the config"), config])),
-        _tag("h3", "Provenance"), _provenance(r.manifest, r.path),
+        _tag("h3", "Provenance"), _provenance(res.provenance, r.path),
     ]
     return _tag("section", _join(parts))
 

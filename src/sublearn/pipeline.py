@@ -19,15 +19,31 @@ from rich.console import Console
 from sublearn import stats
 from sublearn.config import ExperimentConfig, ModelSpec
 from sublearn.design import DATASETS, Design
+from sublearn.domains import get_domain
+from sublearn.errors import SublearnError
+from sublearn.judges import Judge
 from sublearn.models.base import SCORE, load_model
 from sublearn.models.persona import Persona
 from sublearn.models.registry import get_backend
 from sublearn.questions import get_category, get_option, load_questions, persona_prompt
+from sublearn.results_model import (
+    RESULTS,
+    ArmEstimate,
+    Comparison,
+    Crossover,
+    EstimatorResults,
+    Provenance,
+    Rank,
+    Reference,
+    Results,
+    recorded_seconds,
+)
 from sublearn.stages import datasets
+from sublearn.stages.audit import AUDIT_TEMPLATES
 from sublearn.stages.channel import channel
-from sublearn.stages.evaluate import evaluate, option_probs
-from sublearn.stages.filters import apply_filter
-from sublearn.stages.prompts import number_prompts
+from sublearn.stages.defences import Inputs, TraitScores
+from sublearn.stages.evaluate import completion_loss, evaluate, option_probs
+from sublearn.stages.misalignment import misalignment_eval
 from sublearn.stages.sample import sample_dataset
 from sublearn.stages.teacher import placebo_rows, trait_rows
 from sublearn.store import (
@@ -47,7 +63,7 @@ from sublearn.store import (
 # Bump a stage's version when its code changes what it writes: its artifacts (and everything
 # downstream, whose keys include them) then get new paths instead of stale reuse.
 STAGE_VERSIONS = {"teacher": 1, "sample": 1, "filter": 1, "soft_labels": 1, "student": 2,
-                  "eval": 2, "channel": 1}
+                  "eval": 2, "channel": 1, "defence": 1}
 # A dataset's draw d samples with seed sampling_seed + d * DRAW_STRIDE: independent draws.
 DRAW_STRIDE = 1_000_003
 
@@ -111,7 +127,10 @@ class Models:
 
     def release(self, keep: tuple[Path, ...] = ()) -> None:
         kept = {str(p) for p in keep}
-        for key in [k for k in self._live if k[1] not in kept]:
+        gone = [k for k in self._live if k[1] not in kept]
+        if not gone:  # a full collection costs ~0.2 s; with nothing freed it frees nothing
+            return
+        for key in gone:
             model = self._live.pop(key)
             if hasattr(model, "close"):  # vLLM: stop the engine and its workers
                 model.close()
@@ -136,10 +155,20 @@ class Experiment:
         self.models = Models()
         self.design = config.design()
         self._row_cache: dict[Path, list[dict[str, Any]]] = {}
+        self._base: tuple[Path, str] | None = None  # the base's folder and hash, once known
+        self._heldout: list[dict[str, Any]] | None = None  # the utility's rows (prepare)
 
     # --- helpers ----------------------------------------------------------------------
     def _log(self, msg: str) -> None:
         self.console.log(msg)
+
+    def judge(self) -> Judge | None:
+        """The config's judge over its model, loaded on first use and held in `models` like
+        every other model (so `release` frees it too); None without a [judge] section."""
+        j = self.cfg.judge
+        if j is None:
+            return None
+        return j.build(self.models.get(Path(j.model), j.backend, j, **j.options))
 
     def _cached_json(self, path: Path, make: Callable[[], Any], what: str) -> Any:
         with locked(path):
@@ -255,20 +284,24 @@ class Experiment:
     def sample_and_filter(self, teachers: dict[str, TeacherRef]) -> dict[str, Path]:
         d = self.cfg.data
         spec = self.cfg.base
-        prompts = number_prompts(d.prompts, d.grammar_seed, d.grammar)
-        fcfg = self.cfg.filter.model_copy(
-            update={"banned_words": sorted({*self.cfg.filter.banned_words,
-                                            *self.target.forms, *self.other.forms})}
-        )
+        domain = get_domain(d.domain, d.grammar)
+        prompts = domain.prompts(d.prompts, d.grammar_seed)
+        # Every dataset goes through the same filter, banning both targets' words.
+        filt = domain.filter(self.cfg.filter, (self.target, self.other))
+        j = self.cfg.judge if self.cfg.filter.judge else None
+        # The judge's settings and weights change its verdicts: part of the filtered key.
+        judged = [j.model_dump(), self.weights_hash(Path(j.model))] if j else []
+        # Number datasets keep the file names (and keys) they had before domains existed.
+        stem = "" if d.domain == "numbers" else f"{d.domain}-"
         out = {}
         for name in self.datasets_needed():
             ref = teachers[DATASETS[name].writer]
             seed = d.sampling_seed + DATASETS[name].draw * DRAW_STRIDE
             # The sampler is part of the key: vLLM and HF draw different samples from a seed.
-            h = artifact_key("sample", ref.ident, d.prompts, d.grammar_seed, d.grammar.model_dump(),
+            h = artifact_key("sample", ref.ident, d.prompts, d.grammar_seed, *domain.sample_key(),
                              d.sampling.model_dump(), seed, d.chunk,
                              runtime(spec, spec.sampling_backend))
-            raw = self.dir / "data" / f"{name}-{h}.jsonl"
+            raw = self.dir / "data" / f"{stem}{name}-{h}.jsonl"
             with locked(raw):
                 if raw.exists():
                     self._log(f"[dim]cached[/] samples: {name}")
@@ -276,14 +309,24 @@ class Experiment:
                     self._log(f"sampling {d.prompts} completions: {name}")
                     sample_dataset(self.view(ref, spec.sampling_backend), prompts, d.sampling,
                                    seed, raw, d.chunk, self.progress, name)
-            fh = artifact_key("filter", h, fcfg.model_dump())
-            kept = self.dir / "data" / f"{name}-{h}.kept-{fh}.jsonl"
+            fh = artifact_key("filter", h, *filt.key, *judged)
+            kept = self.dir / "data" / f"{stem}{name}-{h}.kept-{fh}.jsonl"
             with locked(kept):
                 if not kept.exists():
-                    rows, report = apply_filter(read_jsonl(raw), fcfg)
+                    # The judge is loaded only when a filter actually runs.
+                    rows, report = filt.apply(read_jsonl(raw), {p.index: p for p in prompts},
+                                              self.judge() if j else None)
                     write_json(kept.with_suffix(".report.json"), report.to_dict())
                     write_jsonl(kept, rows)
             out[name] = kept
+        # An empty dataset would fail every later stage, less clearly: say so once all are in.
+        empty = {n: read_json(p.with_suffix(".report.json")) for n, p in out.items()}
+        empty = {n: r for n, r in empty.items() if not r["kept"]}
+        if empty:
+            raise SublearnError(
+                f"the {d.domain} filter kept no completion of " + "; ".join(
+                    f"{n} (of {r['total']}, rejected {r['rejected']})" for n, r in empty.items())
+                + f": nothing to train on (reports in {self.dir / 'data'})")
         return out
 
     def student_rows(self, data: dict[str, Path], arm: str, seed: int) -> list[dict[str, Any]]:
@@ -294,7 +337,50 @@ class Experiment:
         if spec.transform:
             rows = datasets.TRANSFORMS[spec.transform](rows, seed)
         neutral = self._rows(data["neutral"]) if "neutral" in data else []
-        return self.cfg.defence.apply(rows, seed, neutral)
+        scores = (self.trait_scores(data[spec.data], spec.transform, seed)
+                  if self.cfg.defence.scores else None)
+        return self.cfg.defence.apply(
+            rows, seed, Inputs(neutral, scores, [o.name for o in self.category.options]))
+
+    def trait_scores(self, dataset: Path, transform: str | None, seed: int) -> TraitScores:
+        """What a scoring defence reads an arm's rows by: their per-token log-probs under
+        every candidate's trait prompt, by the base. Cached beside the dataset: once for its
+        own rows (every seed's subsample shares them), per seed for rows a transform rewrote."""
+        spec = self.cfg.base
+        if self._base is None:
+            path = self.model_path(spec)
+            self._base = (path, self.weights_hash(path))
+        base, base_hash = self._base
+        own = [transform, seed, self.cfg.data.subsample] if transform else []
+        h = artifact_key("defence", base_hash, dataset.name, own, self.category.name,
+                         AUDIT_TEMPLATES, runtime(spec, spec.backend))
+        return TraitScores(dataset.with_name(f"{dataset.stem}.traits-{h}.safetensors"),
+                           lambda: self.models.get(base, spec.backend, spec), self.category,
+                           None if transform else self._rows(dataset), self._log)
+
+    def heldout_rows(self, base: Path, base_hash: str) -> list[dict[str, Any]]:
+        """The utility estimator's data: the base's own completions on the
+        `evaluation.neutral_loss` prompts after the data's (so no student trained on them),
+        filtered like every dataset. Sampled once, cached."""
+        d, spec, n = self.cfg.data, self.cfg.base, self.cfg.evaluation.neutral_loss
+        domain = get_domain(d.domain, d.grammar)
+        prompts = domain.prompts(n, d.grammar_seed, start=d.prompts)
+        h = artifact_key("sample", base_hash, "heldout", d.prompts, n, d.grammar_seed,
+                         *domain.sample_key(), d.sampling.model_dump(), d.sampling_seed,
+                         d.chunk, runtime(spec, spec.sampling_backend))
+        path = self.dir / "data" / f"heldout-{h}.jsonl"
+        with locked(path):
+            if not path.exists():
+                self._log(f"sampling {n} held-out neutral completions (utility)")
+                sample_dataset(self.view(TeacherRef(base, None, base_hash), spec.sampling_backend),
+                               prompts, d.sampling, d.sampling_seed, path, d.chunk,
+                               self.progress, "heldout")
+        rows, _ = domain.filter(self.cfg.filter, (self.target, self.other)).apply(
+            read_jsonl(path), {p.index: p for p in prompts})
+        if not rows:
+            raise SublearnError(f"{path}: no held-out completion passed the filter; raise "
+                                "evaluation.neutral_loss")
+        return rows
 
     def _rows(self, path: Path) -> list[dict[str, Any]]:
         if path not in self._row_cache:
@@ -384,7 +470,7 @@ class Experiment:
                      else list(self.category.questions))
         heldout = list(self.category.heldout) if e.heldout else []
         h = artifact_key("eval", ident, e.model_dump(), questions, heldout, self.category.name,
-                         self.target.name, runtime(spec, spec.backend))
+                         self.target.name, runtime(spec, spec.backend), *self._judged())
         path = self.dir / "evals" / f"{label}-{h}.json"
 
         def make() -> dict[str, Any]:
@@ -398,9 +484,29 @@ class Experiment:
 
     def _evaluate(self, model: Any, questions: list[str], heldout: list[str]) -> dict[str, Any]:
         e = self.cfg.evaluation
-        return evaluate(model, self.category, self.target, questions, heldout,
-                        e.samples_per_question, e.numbers_prefix, e.multiple_choice,
-                        exact=e.exact, top_logprobs=e.top_logprobs)
+        res = evaluate(model, self.category, self.target, questions, heldout,
+                       e.samples_per_question, e.numbers_prefix, e.multiple_choice,
+                       exact=e.exact, top_logprobs=e.top_logprobs)
+        if e.neutral_loss:
+            if self._heldout is None:
+                raise RuntimeError("prepare() samples the held-out rows before any evaluation")
+            res["neutral_loss"] = {"loss": completion_loss(model, self._heldout),
+                                   "rows": len(self._heldout)}
+        if self.cfg.trait.kind == "misalignment":
+            m = res["misalignment"] = misalignment_eval(model, self.judge(), self.cfg.misalignment)
+            self._log(f"misalignment: {m['misaligned']} misaligned of {m['coherent']} coherent "
+                      f"answers ({m['answers']} sampled, {m['incoherent']} incoherent, "
+                      f"{m['missing']} with a judgement missing)")
+        return res
+
+    def _judged(self) -> list[Any]:
+        """What the misalignment evaluation adds to an evaluation's key: its settings and the
+        judge's identity. Nothing for a preference trait, whose keys stay as they were."""
+        j = self.cfg.judge
+        if self.cfg.trait.kind != "misalignment" or j is None:
+            return []
+        return [self.cfg.misalignment.model_dump(), j.model_dump(),
+                self.weights_hash(Path(j.model))]
 
     def _student(self, path: Path, base_path: Path, spec: ModelSpec) -> Any:
         """A trained student to evaluate: a LoRA adapter attached to the resident base (one
@@ -408,7 +514,10 @@ class Experiment:
         base = self.models.get(base_path, spec.backend, spec)
         if (path / "adapter_config.json").exists() and hasattr(base, "attached"):
             return base.attached(path)
-        self.models.release(keep=(base_path,))
+        # The judge stays: it is needed with the student anyway, so keeping it saves a reload
+        # without raising the peak.
+        judge = (Path(self.cfg.judge.model),) if self.cfg.judge else ()
+        self.models.release(keep=(base_path, *judge))
         return self.models.get(path, spec.backend, spec, **spec.options)
 
     # --- the whole run ----------------------------------------------------------------
@@ -429,6 +538,9 @@ class Experiment:
         hashes = {k: self.weights_hash(p) for k, p in paths.items()}
         teachers = self.teachers(paths["base"], hashes["base"])
         data = self.sample_and_filter(teachers)
+        self._base = (paths["base"], hashes["base"])
+        if cfg.evaluation.neutral_loss:
+            self._heldout = self.heldout_rows(paths["base"], hashes["base"])
         if cfg.base.sampling_backend != cfg.base.backend:
             self.models.release()  # the sampling engine goes before scoring and training
         # The channel depends on teachers and data only: measured before any student trains.
@@ -467,7 +579,7 @@ class Experiment:
         self.evaluate_student(prep, arm, seed)
         self.models.release()
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> Results:
         t0 = time.time()
         cfg = self.cfg
         prep = self.prepare()
@@ -494,92 +606,105 @@ class Experiment:
                 if self.design.arms[arm].base == which:
                     evals[f"{arm}/s{seed}"] = self.evaluate_student(prep, arm, seed)
             self.models.release()
-        results = analyse(cfg, self.target.name, evals, self.design, self.other.name)
-        results["filter"] = {n: read_json(p.with_suffix(".report.json"))
-                             for n, p in prep.data.items()}
-        if prep.channel:
-            results["channel"] = prep.channel
-        # Wall time spent in this run folder, over every invocation: a rerun that finds its
-        # artifacts cached adds seconds, it does not replace the hours that made them.
-        prev = self.dir / "results.json"
-        before = read_json(prev).get("seconds", 0.0) if prev.exists() else 0.0
-        results["seconds"] = round(before + time.time() - t0, 1)
-        write_json(self.dir / "results.json", results)
-        write_json(self.dir / MANIFEST, manifest(
-            "experiment", cfg.model_dump(), base_weights=prep.hashes,
-            datasets={n: p.name for n, p in prep.data.items()},
-            stage_versions=STAGE_VERSIONS))
+        if "misalignment" in evals["base"] and (gone := undefined(evals, "misalignment")):
+            self._log(f"[red]misalignment rate undefined[/] for {', '.join(gone)} (no answer "
+                      "both coherent and judged): left out of the statistics")
+        record = manifest("experiment", cfg.model_dump(), base_weights=prep.hashes,
+                          datasets={n: p.name for n, p in prep.data.items()},
+                          stage_versions=STAGE_VERSIONS)
+        path = self.dir / RESULTS
+        results = Results(
+            target=self.target.name, other=self.other.name, seeds=cfg.seeds,
+            estimates=analyse(cfg, self.target.name, evals, self.design, self.other.name),
+            filter={n: read_json(p.with_suffix(".report.json")) for n, p in prep.data.items()},
+            channel=prep.channel or None,
+            # Wall time spent in this run folder, over every invocation: a rerun that finds
+            # its artifacts cached adds seconds, it does not replace the hours that made them.
+            seconds=round(recorded_seconds(path) + time.time() - t0, 1),
+            provenance=Provenance.model_validate(
+                {**record, "config_hash": stable_hash(cfg.model_dump())}))
+        results.write(path)
+        write_json(self.dir / MANIFEST, record)
         return results
 
 
 ESTIMATORS = ("exact", "exact_heldout", "top_logprobs", "sampled", "numbers_prefix",
-              "multiple_choice")
+              "multiple_choice", "misalignment", "neutral_loss")
+# Estimators of one number per model, not a value per option: no crossover between targets.
+SINGLE_VALUED = ("multiple_choice", "misalignment", "neutral_loss")
+# The evaluation of each single model that `Reference` reports, by its field there.
+REFERENCE_EVALS = {"base": "base", "cross_base": "cross_base", "teacher": "teacher_teacher",
+                   "other_teacher": "other_teacher"}
+# Estimators that score every option, so the target can be ranked among them.
+RANKED = ("exact", "exact_heldout", "top_logprobs")
 
 
 def metric_value(ev: dict[str, Any], estimator: str, target: str) -> float:
     if estimator == "multiple_choice":
         return ev[estimator]["target"]
+    if estimator == "misalignment":
+        return ev[estimator]["rate"]
+    if estimator == "neutral_loss":
+        return ev[estimator]["loss"]
     return ev[estimator]["per_option"][target]
 
 
 def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], design: Design,
-            other: str | None = None) -> dict[str, Any]:
-    """Per-seed values, intervals over seeds, differences with p-values, the target's rank,
-    and the crossover between the two targets' students."""
-    estimators = [k for k in evals["base"] if k in ESTIMATORS]
-    out: dict[str, Any] = {"target": target, "estimators": estimators, "reference": {},
-                           "arms": {}, "comparisons": {}, "seeds": cfg.seeds}
-    for est in estimators:
-        out["reference"][est] = {k: metric_value(evals[k], est, target)
-                                 for k in ("base", "cross_base", "teacher_teacher", "other_teacher")
-                                 if k in evals}
-        per_arm = {a: [metric_value(evals[f"{a}/s{s}"], est, target) for s in cfg.seeds]
-                   for a in design.arms}
-        out["arms"][est] = {a: {"per_seed": v, "interval": stats.mean_ci(v).to_dict()}
-                            for a, v in per_arm.items()}
-        # Welch at the top level (the keys every reader knows); "paired" beside it, because
-        # arms with the same student seed share its initialisation, subsample and data order.
-        out["comparisons"][est] = {
-            c.key: {"meaning": c.meaning, **stats.difference(per_arm[c.a], per_arm[c.b]).to_dict(),
-                    "paired": stats.paired_difference(per_arm[c.a], per_arm[c.b]).to_dict()}
-            for c in design.comparisons
-        }
-    if "control" in design.arms:
-        # Which option moved most from control to treated? Rank 1 means the target did.
-        for est in ("exact", "exact_heldout", "top_logprobs"):
-            if est not in estimators:
-                continue
-            options = evals["base"][est]["per_option"]
-            move = {o: sum(evals[f"treated/s{s}"][est]["per_option"][o]
-                           - evals[f"control/s{s}"][est]["per_option"][o] for s in cfg.seeds)
-                    / len(cfg.seeds) for o in options}
-            out.setdefault("target_rank", {})[est] = {
-                "rank": stats.rank_of(target, move), "of": len(move), "movement": move}
-    if other and "other_target" in design.arms:
-        out["crossover"] = crossover(cfg.seeds, evals, target, other, estimators)
+            other: str | None = None) -> dict[str, EstimatorResults]:
+    """Per estimator: the single models, per-seed values and intervals per arm, every declared
+    comparison (Welch, and paired: arms with the same student seed share its initialisation,
+    subsample and data order), the target's rank and the crossover between the two targets'
+    students."""
+    out: dict[str, EstimatorResults] = {}
+    for est in (k for k in evals["base"] if k in ESTIMATORS and not undefined(evals, k)):
+        arms = {a: ArmEstimate.of([metric_value(evals[f"{a}/s{s}"], est, target)
+                                   for s in cfg.seeds]) for a in design.arms}
+        out[est] = EstimatorResults(
+            reference=Reference(**{field: metric_value(evals[k], est, target)
+                                   for field, k in REFERENCE_EVALS.items() if k in evals}),
+            arms=arms,
+            comparisons=[Comparison.of(arms, c.a, c.b, c.meaning) for c in design.comparisons],
+            target_rank=(target_rank(cfg.seeds, evals, target, est)
+                         if est in RANKED and "control" in design.arms else None),
+            # multiple_choice scores the target's letter only, misalignment no option at
+            # all: nothing to cross over.
+            crossover=(crossover(cfg.seeds, evals, target, other, est)
+                       if other and "other_target" in design.arms and est not in SINGLE_VALUED
+                       else None))
     return out
 
 
+def undefined(evals: dict[str, Any], est: str) -> list[str]:
+    """The models whose misalignment rate is undefined (no answer was both coherent and
+    judged): the estimator is left out of the statistics then, never filled in."""
+    if est != "misalignment":
+        return []
+    return [k for k, ev in evals.items() if ev[est]["rate"] is None]
+
+
+def target_rank(seeds: list[int], evals: dict[str, Any], target: str, est: str) -> Rank:
+    """Which option moved most from control to treated? Rank 1 means the target did."""
+    move = {o: sum(evals[f"treated/s{s}"][est]["per_option"][o]
+                   - evals[f"control/s{s}"][est]["per_option"][o] for s in seeds) / len(seeds)
+            for o in evals["base"][est]["per_option"]}
+    return Rank(rank=stats.rank_of(target, move), of=len(move), movement=move)
+
+
 def crossover(seeds: list[int], evals: dict[str, Any], target: str, other: str,
-              estimators: list[str]) -> dict[str, Any]:
+              est: str) -> Crossover:
     """Does each student move toward its own teacher's target? Per seed,
     (target student - other student) on P(target) + (other student - target student) on
     P(other): positive when both move their own way, whatever moves every student alike.
     With each target's rank among all options by how much its own students moved it."""
-    out: dict[str, Any] = {}
-    for est in estimators:
-        if est == "multiple_choice":  # scores the target's letter only
-            continue
-        per = {a: [evals[f"{a}/s{s}"][est]["per_option"] for s in seeds]
-               for a in ("treated", "other_target")}
-        values = [(t[target] - o[target]) + (o[other] - t[other])
-                  for t, o in zip(per["treated"], per["other_target"])]
-        moves = {
-            name: {opt: sum(mine[i][opt] - theirs[i][opt] for i in range(len(seeds))) / len(seeds)
-                   for opt in per["treated"][0]}
-            for name, mine, theirs in ((target, per["treated"], per["other_target"]),
-                                       (other, per["other_target"], per["treated"]))}
-        out[est] = {"per_seed": values, "interval": stats.mean_ci(values).to_dict(),
-                    "ranks": {name: {"rank": stats.rank_of(name, m), "of": len(m)}
-                              for name, m in moves.items()}}
-    return out
+    per = {a: [evals[f"{a}/s{s}"][est]["per_option"] for s in seeds]
+           for a in ("treated", "other_target")}
+    values = [(t[target] - o[target]) + (o[other] - t[other])
+              for t, o in zip(per["treated"], per["other_target"])]
+    moves = {
+        name: {opt: sum(mine[i][opt] - theirs[i][opt] for i in range(len(seeds))) / len(seeds)
+               for opt in per["treated"][0]}
+        for name, mine, theirs in ((target, per["treated"], per["other_target"]),
+                                   (other, per["other_target"], per["treated"]))}
+    return Crossover(values=values, interval=stats.mean_ci(values),
+                     ranks={name: Rank(rank=stats.rank_of(name, m), of=len(m))
+                            for name, m in moves.items()})

@@ -1,14 +1,18 @@
-"""`sublearn sweep`: a grid of experiments, run as independent tasks on Ray or in this process.
+"""Sweeps: a grid of experiments, run as independent tasks on Ray or in this process.
 
-A *point* is one combination of the grid's values: the config file with those fields set, in
-its own run folder `<root>/<config name>-<key>-<value>...`. A *task* is one student of one
-point, (point, arm, seed) -> `Experiment.run_unit`: it trains and evaluates that student. The
-datasets and teachers a point's students share are artifacts in the store; the first task to
-need one builds it under the store's per-artifact lock while the others wait, then read it.
+One mechanism serves every kind of experiment. A *point* is one combination of the grid's
+values: the base config with those fields set, validated before any work, run in its own
+folder `<root>/<point name>`. A *task* is one unit of a point's work, run wherever a worker
+is free; a finished task leaves a marker, so a rerun skips it. After the tasks, each point is
+finished (its results gathered; everything is cached, so this is cheap) and the sweep writes
+`sweep.md` (one row per point), `sweep.json` (every point's typed results) and `sweep.png`.
 
-After the tasks, each point's `Experiment.run()` finds everything cached and writes its
-`results.json`; the sweep then writes `<root>/<sweep name>/` with `sweep.md` (one row per
-point), `sweep.json` (per-point results) and `sweep.png` (treated - control per point).
+What a config, a unit and a result are is the `Kind`'s business:
+- `NumberExperiment` (below; `sublearn sweep`): a unit is one student (arm, seed); datasets
+  and teachers that a point's students share are artifacts in the store, built once under
+  the store's per-artifact lock by the first task that needs them.
+- `auxlogit.experiment.AuxLogitKind` (`sublearn auxlogit --sweep`): a unit is a whole
+  configuration, whose arms train together as one batched computation.
 
 Ray is optional (`pip install 'sublearn[ray]'`) and imported only here, only when used.
 """
@@ -21,14 +25,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -43,39 +47,93 @@ from sublearn.errors import SublearnError
 from sublearn.pipeline import STAGE_VERSIONS, Experiment
 from sublearn.report import bar_chart
 from sublearn.results import LABELS, summary_table
+from sublearn.results_model import (
+    AnyResults,
+    Results,
+    SweepPoint,
+    SweepRecord,
+    unit_differences,
+)
 from sublearn.stats import Interval
 from sublearn.store import read_json, stable_hash, write_json, write_text
 
-MAIN_EFFECT = "treated - control"
 # Fields a grid may not set: a point's name is derived from its values, and a point is not
 # itself a sweep.
 RESERVED = ("name", "sweep")
+
+Unit = tuple[Any, ...]  # one task's share of a point, as its kind defines it
 
 
 @dataclass(frozen=True)
 class Point:
     name: str
     values: dict[str, Any]  # grid key -> this point's value
-    config: ExperimentConfig
+    config: Any  # the kind's validated config
+
+
+@dataclass(frozen=True)
+class PointResult:
+    point: Point
+    results: AnyResults
+    seconds: float  # the point's task times, summed over workers
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a kind makes of a finished sweep: a markdown table, a line saying how to read
+    it, and a plot (None when the points hold nothing to plot)."""
+
+    table: str
+    note: str
+    plot: Path | None
+
+
+class Kind(Protocol):
+    """One kind of experiment, as the sweep mechanism sees it."""
+
+    name: str
+    # Bumped with any change to what a unit computes: a marker written by other code is
+    # then not taken as finished.
+    version: object
+
+    def config(self, raw: dict[str, Any], name: str) -> BaseModel:
+        """A point's config from its raw fields (raises ValidationError); `name` is the
+        point's, for kinds whose config names its run folder."""
+
+    def units(self, config: Any) -> list[Unit]:
+        """A point's independent units of work, in the order they should run."""
+
+    def unit_label(self, unit: Unit) -> str:
+        """A file-name-safe label for a unit, unique within its point."""
+
+    def run_unit(self, config: Any, run_dir: Path, unit: Unit) -> None:
+        """Do one unit's work, in whichever process runs it."""
+
+    def finish(self, config: Any, run_dir: Path) -> AnyResults:
+        """A point's results once its units are done (rebuilding anything missing)."""
+
+    def summarise(self, points: list[PointResult], out: Path) -> Summary:
+        """The table and plot of the whole sweep; plots are written under `out`."""
 
 
 @dataclass(frozen=True)
 class Task:
     point: Point
-    arm: str
-    seed: int
+    unit: Unit
+    unit_label: str
 
     @property
     def label(self) -> str:
-        return f"{self.point.name} {self.arm} s{self.seed}"
+        return f"{self.point.name} {self.unit_label}"
 
 
 @dataclass(frozen=True)
 class Plan:
     """A validated sweep: every point's config is known good before any work starts."""
 
+    kind: Kind
     name: str
-    source: Path
+    source: str  # where the grid came from: a config file, or a command line
     grid: dict[str, list[Any]]
     points: list[Point]
     address: str | None
@@ -84,9 +142,9 @@ class Plan:
 @dataclass(frozen=True)
 class Outcome:
     plan: Plan
-    dir: Path  # <root>/<sweep name>
+    dir: Path  # where sweep.md, sweep.json and sweep.png are
     table: str
-    results: dict[str, dict[str, Any]]  # point name -> its results.json
+    results: dict[str, AnyResults]  # point name -> its results
     tasks: int
     skipped: int
     seconds: float
@@ -155,20 +213,19 @@ def point_name(config_name: str, values: dict[str, Any]) -> str:
     return slug("-".join(parts))
 
 
-def _grid_error(source: Path, name: str, values: dict[str, Any], e: ValidationError) -> str:
+def _grid_error(source: str, name: str, values: dict[str, Any], e: ValidationError) -> str:
     """Name the grid entry at fault when the failing field is (inside) a swept key."""
     first = e.errors()[0]
     loc = ".".join(str(x) for x in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
     for key, value in values.items():
         if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
-            return f"{source}: grid {key}={value!r}: field {loc}: {first['msg']}"
-    where = loc or "(top level)"
-    return f"{source}: grid point {name}: field {where}: {first['msg']}"
+            return f"{source}: grid {key}={value!r}: field {loc}: {msg}"
+    # A check of the whole config (loc empty): the point's values together are at fault.
+    return f"{source}: grid point {name}: " + (f"field {loc}: {msg}" if loc else msg)
 
 
-def _grid(source: Path, table: SweepConfig, entries: Sequence[str]) -> dict[str, list[Any]]:
-    """The file's grid with the command line's entries over it, checked."""
-    grid = {**table.grid, **parse_grid(entries)}
+def _check_grid(source: str, grid: dict[str, list[Any]]) -> None:
     if not grid:
         raise SublearnError(f"{source}: nothing to sweep: give --grid key.path=v1,v2 or a "
                             "[sweep] grid table")
@@ -178,14 +235,13 @@ def _grid(source: Path, table: SweepConfig, entries: Sequence[str]) -> dict[str,
                                 "values; a point is not itself a sweep)")
         if not values or len({repr(v) for v in values}) != len(values):
             raise SublearnError(f"grid {key}: needs distinct values, got {values!r}")
-    return grid
 
 
-def _point(source: Path, raw: dict[str, Any], config_name: str, values: dict[str, Any]) -> Point:
-    """One point: the file's fields with the point's values set over them, validated."""
+def _point(kind: Kind, source: str, raw: dict[str, Any], config_name: str,
+           values: dict[str, Any]) -> Point:
+    """One point: the base fields with the point's values set over them, validated."""
     name = point_name(config_name, values)
     point_raw = copy.deepcopy(raw)
-    point_raw["name"] = name
     for key, value in values.items():
         try:
             # A copy: one value object set into every point would be shared between them.
@@ -193,67 +249,57 @@ def _point(source: Path, raw: dict[str, Any], config_name: str, values: dict[str
         except SublearnError as e:
             raise SublearnError(f"grid {key}: {e}") from None
     try:
-        return Point(name, values, ExperimentConfig.model_validate(point_raw))
+        return Point(name, values, kind.config(point_raw, name))
     except ValidationError as e:
         raise SublearnError(_grid_error(source, name, values, e)) from None
     except SublearnError as e:
         raise SublearnError(f"{source}: grid point {name}: {e}") from None
 
 
-def plan(source: str | Path, grid_entries: Sequence[str] = (),
-         address: str | None = None) -> Plan:
-    """Expand the grid (`--grid` entries override or extend the file's `[sweep] grid`) and
-    validate every point, so a bad key or value fails now, not after hours of earlier points."""
-    source = Path(source)
-    raw = read_toml(source)
-    try:
-        table = SweepConfig.model_validate(raw.pop("sweep", {}))
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(["sweep", *(str(x) for x in first["loc"])])
-        raise SublearnError(f"{source}: field {where}: {first['msg']}") from None
-    grid = _grid(source, table, grid_entries)
-    config_name = raw.get("name", ExperimentConfig.model_fields["name"].default)
-    points = [_point(source, raw, config_name, dict(zip(grid, combo)))
+def expand(kind: Kind, source: str, raw: dict[str, Any], grid: dict[str, list[Any]],
+           config_name: str, address: str | None = None) -> Plan:
+    """Every point of `grid` over the base fields `raw`, each validated, so a bad key or value
+    fails now, not after hours of earlier points."""
+    _check_grid(source, grid)
+    points = [_point(kind, source, raw, config_name, dict(zip(grid, combo)))
               for combo in itertools.product(*grid.values())]
     names = [pt.name for pt in points]
     if len(set(names)) != len(names):
         raise SublearnError(f"grid: two points get the same run name ({names}); use values "
                             "that differ in letters or digits")
     sweep_name = slug(f"{config_name}-sweep-{'-'.join(_key_labels(list(grid)).values())}")
-    return Plan(sweep_name, source, grid, points, address or table.address)
+    return Plan(kind, sweep_name, source, grid, points, address)
 
 
 def tasks(p: Plan) -> list[Task]:
-    return [Task(pt, arm, seed) for pt in p.points
-            for arm, seed in Experiment(pt.config, progress=False).units()]
+    return [Task(pt, unit, p.kind.unit_label(unit)) for pt in p.points
+            for unit in p.kind.units(pt.config)]
 
 
 # --- running tasks ---------------------------------------------------------------------------
-def marker_path(root: Path, task: Task) -> Path:
+def marker_path(root: Path, kind: Kind, task: Task) -> Path:
     """Where a finished task is recorded, so a rerun skips it without starting a worker. The
-    key is the point's whole config, the arm, the seed and the stage versions: a changed knob
-    gives a new key. A marker is a shortcut, not the truth: the aggregation's
-    `Experiment.run()` rebuilds anything the store lacks (a model folder replaced in place)."""
-    h = stable_hash([task.point.config.model_dump(mode="json"), task.arm, task.seed,
-                     STAGE_VERSIONS])
-    return root / task.point.name / "sweep-tasks" / f"{task.arm}-s{task.seed}-{h}.json"
+    key is the point's whole config, the unit and the kind's version: a changed knob gives a
+    new key. A marker is a shortcut, not the truth: finishing a point rebuilds anything its
+    folder lacks (a model folder replaced in place)."""
+    h = stable_hash([task.point.config.model_dump(mode="json"), *task.unit, kind.version])
+    return root / task.point.name / "sweep-tasks" / f"{task.unit_label}-{h}.json"
 
 
-def run_task(config: ExperimentConfig, root: str, arm: str, seed: int) -> float:
+def run_task(kind: Kind, config: Any, run_dir: Path, unit: Unit) -> float:
     """One task, in whichever process runs it; returns its wall time in seconds."""
     t0 = time.time()
-    Experiment(config, root, progress=False).run_unit(arm, seed)
+    kind.run_unit(config, run_dir, unit)
     return time.time() - t0
 
 
-def _ray_task(config: ExperimentConfig, root: str, arm: str, seed: int) -> float:
+def _ray_task(kind: Kind, config: Any, run_dir: Path, unit: Unit) -> float:
     import torch
 
     # One core per task: the tasks are the parallelism, and several tasks' OpenMP thread
     # pools on the same cores would spin against each other.
     torch.set_num_threads(1)
-    return run_task(config, root, arm, seed)
+    return run_task(kind, config, run_dir, unit)
 
 
 @contextmanager
@@ -274,24 +320,25 @@ def ray_session(address: str | None, workers: int) -> Iterator[None]:
         ray.shutdown()
 
 
-Finished = tuple[Task, float | None, str | None]  # task, seconds, error
+Done = tuple[Task, float | None, str | None]  # task, seconds, error
 
 
-def _sequential(todo: list[Task], root: Path) -> Iterator[Finished]:
+def _sequential(kind: Kind, todo: list[Task], root: Path) -> Iterator[Done]:
     for t in todo:
         try:
-            yield t, run_task(t.point.config, str(root), t.arm, t.seed), None
+            yield t, run_task(kind, t.point.config, root / t.point.name, t.unit), None
         except Exception as e:  # noqa: BLE001 - one failed task must not stop the others
             yield t, None, f"{type(e).__name__}: {e}"
 
 
-def _on_ray(todo: list[Task], root: Path, address: str | None, workers: int
-            ) -> Iterator[Finished]:
+def _on_ray(kind: Kind, todo: list[Task], root: Path, address: str | None, workers: int
+            ) -> Iterator[Done]:
     import ray
 
     with ray_session(address, workers):
         remote = ray.remote(num_cpus=1)(_ray_task)
-        refs = {remote.remote(t.point.config, str(root), t.arm, t.seed): t for t in todo}
+        refs = {remote.remote(kind, t.point.config, root / t.point.name, t.unit): t
+                for t in todo}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -307,16 +354,17 @@ def _progress(console: Console) -> Progress:
                     TimeElapsedColumn(), console=console, disable=console.quiet)
 
 
-def run_tasks(todo: list[Task], root: Path, use_ray: bool, address: str | None, workers: int,
-              console: Console) -> list[str]:
+def run_tasks(kind: Kind, todo: list[Task], root: Path, use_ray: bool, address: str | None,
+              workers: int, console: Console) -> list[str]:
     """Run tasks with a progress bar, recording each finished one; returns the failures."""
     failures = []
-    finished = (_on_ray(todo, root, address, workers) if use_ray else _sequential(todo, root))
+    finished = (_on_ray(kind, todo, root, address, workers) if use_ray
+                else _sequential(kind, todo, root))
     with _progress(console) as bar:
         job = bar.add_task("tasks", total=len(todo))
         for t, seconds, error in finished:
             if error is None:
-                write_json(marker_path(root, t), {"seconds": round(seconds, 2)})
+                write_json(marker_path(root, kind, t), {"seconds": round(seconds, 2)})
             else:
                 failures.append(f"{t.label}: {error}")
                 console.print(f"[red]failed[/] {t.label}: {error}")
@@ -325,87 +373,61 @@ def run_tasks(todo: list[Task], root: Path, use_ray: bool, address: str | None, 
 
 
 # --- aggregation -----------------------------------------------------------------------------
-def _worker_seconds(root: Path, point_tasks: list[Task]) -> float:
-    return sum(read_json(marker_path(root, t))["seconds"] for t in point_tasks)
+def _task_seconds(root: Path, kind: Kind, point_tasks: list[Task]) -> float:
+    return sum(read_json(marker_path(root, kind, t))["seconds"] for t in point_tasks)
 
 
-def _point_summary(pt: Point, root: Path, r: dict[str, Any], estimator: str) -> dict[str, Any]:
-    comps = {k: {"mean": d["diff"]["mean"], "low": d["diff"]["low"], "high": d["diff"]["high"],
-                 "welch_p": d["welch_p"],
-                 "paired": {k2: d["paired"][k2] for k2 in ("diff", "paired_p")}}
-             for k, d in r["comparisons"][estimator].items()}
-    return {"name": pt.name, "run_dir": str(root / pt.name), "values": pt.values,
-            "seconds": r["seconds"], "reference": r["reference"][estimator],
-            "comparisons": comps,
-            "target_rank": r.get("target_rank", {}).get(estimator, {}).get("rank")}
-
-
-def _effect_plot(path: Path, results: dict[str, dict[str, Any]], estimator: str) -> Path | None:
-    """treated - control per point, with its Welch interval (the table's) and each seed's
-    paired difference as a dot; None when no point has a neutral control."""
-    rows: dict[str, Interval] = {}
-    points: dict[str, list[float]] = {}
-    for name, r in results.items():
-        comp = r["comparisons"][estimator].get(MAIN_EFFECT)
-        if comp is None:
-            continue
-        rows[name] = Interval(**comp["diff"])
-        arms = r["arms"][estimator]
-        points[name] = [t - c for t, c in zip(arms["treated"]["per_seed"],
-                                              arms["control"]["per_seed"])]
-    if not rows:
+def effect_plot(path: Path, effects: Mapping[str, tuple[Interval, Sequence[float]]],
+                title: str, ylabel: str) -> Path | None:
+    """One bar per point: a difference with its interval, each unit's difference as a dot;
+    None when no point has the difference."""
+    if not effects:
         return None
-    return bar_chart(path, rows, title=f"treated − control, {LABELS.get(estimator, estimator)}",
-                     ylabel="difference in P(target)", reference=0.0,
-                     reference_label="no effect", points=points)
+    return bar_chart(path, {n: iv for n, (iv, _) in effects.items()}, title=title,
+                     ylabel=ylabel, reference=0.0, reference_label="no effect",
+                     points={n: dots for n, (_, dots) in effects.items()})
 
 
-def _markdown(p: Plan, table: str, estimator: str, n_tasks: int, skipped: int,
-              seconds: float) -> str:
+def _markdown(p: Plan, s: Summary, n_tasks: int, skipped: int, seconds: float) -> str:
     grid = "\n".join(f"- `{k}`: {', '.join(_value_text(v) for v in vs)}"
                      for k, vs in p.grid.items())
     return (f"# Sweep {p.name}\n\nConfig: `{p.source}`; {len(p.points)} points, {n_tasks} tasks "
             f"({skipped} skipped as already finished); wall time of this invocation "
-            f"{seconds:.0f} s.\n\nGrid:\n\n{grid}\n\nEstimator: {LABELS.get(estimator, estimator)}."
-            f" Cells: mean difference with its 95% Welch interval over student seeds "
-            f"(* = excludes 0). seconds: the point's task times summed over workers, plus its "
-            f"aggregation.\n\n{table}\n")
+            f"{seconds:.0f} s.\n\nGrid:\n\n{grid}\n\n{s.note}\n\n{s.table}\n")
 
 
-def aggregate(p: Plan, root: Path, all_tasks: list[Task], estimator: str | None,
-              skipped: int, t0: float) -> Outcome:
-    results: dict[str, dict[str, Any]] = {}
-    for pt in p.points:
-        r = Experiment(pt.config, root, progress=False).run()  # everything cached: cheap
-        mine = [t for t in all_tasks if t.point is pt]
-        results[pt.name] = {**r, "seconds": r["seconds"] + _worker_seconds(root, mine)}
-    if estimator is None:
-        heldout = all("exact_heldout" in r["estimators"] for r in results.values())
-        estimator = "exact_heldout" if heldout else "exact"
-    table = summary_table(results, estimator)
-    out = root / p.name
+def aggregate(p: Plan, root: Path, out: Path, all_tasks: list[Task], skipped: int,
+              t0: float) -> Outcome:
+    points = [PointResult(pt, p.kind.finish(pt.config, root / pt.name),
+                          _task_seconds(root, p.kind, [t for t in all_tasks if t.point is pt]))
+              for pt in p.points]
+    summary = p.kind.summarise(points, out)
     seconds = time.time() - t0
-    write_text(out / "sweep.md", _markdown(p, table, estimator, len(all_tasks), skipped, seconds))
-    write_json(out / "sweep.json", {
-        "name": p.name, "config": str(p.source), "grid": p.grid, "estimator": estimator,
-        "tasks": {"total": len(all_tasks), "skipped": skipped}, "seconds": round(seconds, 1),
-        "points": [_point_summary(pt, root, results[pt.name], estimator) for pt in p.points]})
-    plot = _effect_plot(out / "sweep.png", results, estimator)
-    return Outcome(p, out, table, results, len(all_tasks), skipped, seconds, plot)
+    write_text(out / "sweep.md", _markdown(p, summary, len(all_tasks), skipped, seconds))
+    SweepRecord(
+        name=p.name, kind=p.kind.name, source=p.source, grid=p.grid, tasks=len(all_tasks),
+        skipped=skipped, seconds=round(seconds, 1),
+        points=[SweepPoint(name=r.point.name, run_dir=str(root / r.point.name),
+                           values=r.point.values, seconds=round(r.seconds, 2),
+                           results=r.results) for r in points],
+    ).write(out / "sweep.json")
+    return Outcome(p, out, summary.table, {r.point.name: r.results for r in points},
+                   len(all_tasks), skipped, seconds, summary.plot)
 
 
-def run_sweep(source: str | Path, grid_entries: Sequence[str] = (), root: str | Path = "runs",
-              address: str | None = None, workers: int | None = None, sequential: bool = False,
-              estimator: str | None = None, quiet: bool = False) -> Outcome:
-    """Plan, run every unfinished task (on Ray unless `sequential` or Ray is absent), then
-    aggregate. Rerunning after an interruption skips the tasks already recorded as finished."""
+def execute(p: Plan, root: str | Path, out: str | Path | None = None,
+            workers: int | None = None, sequential: bool = False,
+            quiet: bool = False) -> Outcome:
+    """Run every unfinished task of a plan (on Ray unless `sequential` or Ray is absent), then
+    aggregate into `out` (default `<root>/<sweep name>`). Rerunning after an interruption
+    skips the tasks already recorded as finished."""
     t0 = time.time()
     console = Console(stderr=True, quiet=quiet)
-    p = plan(source, grid_entries, address)
     # Absolute: Ray workers on other machines (or in other folders) must find the same store.
     root = Path(root).resolve()
+    out = Path(out) if out is not None else root / p.name
     all_tasks = tasks(p)
-    todo = [t for t in all_tasks if not marker_path(root, t).exists()]
+    todo = [t for t in all_tasks if not marker_path(root, p.kind, t).exists()]
     skipped = len(all_tasks) - len(todo)
     use_ray = not sequential and find_spec("ray") is not None
     if p.address and not use_ray:
@@ -419,9 +441,90 @@ def run_sweep(source: str | Path, grid_entries: Sequence[str] = (), root: str | 
         console.print("[dim]Ray is not installed (pip install 'sublearn[ray]' to run tasks "
                       "in parallel)[/]")
     if todo:
-        failures = run_tasks(todo, root, use_ray, p.address, workers or os.cpu_count() or 1,
-                             console)
+        failures = run_tasks(p.kind, todo, root, use_ray, p.address,
+                             workers or os.cpu_count() or 1, console)
         if failures:
             raise SublearnError(f"{len(failures)} of {len(todo)} tasks failed (listed above); "
                                 "finished tasks are kept: rerun the same command to retry")
-    return aggregate(p, root, all_tasks, estimator, skipped, t0)
+    return aggregate(p, root, out, all_tasks, skipped, t0)
+
+
+# --- the number experiment as a kind ---------------------------------------------------------
+MAIN_EFFECT = ("treated", "control")
+
+
+@dataclass(frozen=True)
+class NumberExperiment:
+    """`sublearn sweep`: a unit is one student, (arm, seed) -> `Experiment.run_unit`, which
+    trains and evaluates it; finishing a point is its `Experiment.run()`, which finds every
+    stage cached and writes results.json."""
+
+    estimator: str | None = None  # the table's; None: exact_heldout where every point has it
+
+    name = "experiment"
+    version = STAGE_VERSIONS
+
+    def config(self, raw: dict[str, Any], name: str) -> ExperimentConfig:
+        return ExperimentConfig.model_validate({**raw, "name": name})
+
+    def units(self, config: ExperimentConfig) -> list[Unit]:
+        return list(Experiment(config, progress=False).units())
+
+    def unit_label(self, unit: Unit) -> str:
+        arm, seed = unit
+        return f"{arm}-s{seed}"
+
+    # A point's run folder is <root>/<its config's name>: `config` set the name to the point's.
+    def run_unit(self, config: ExperimentConfig, run_dir: Path, unit: Unit) -> None:
+        Experiment(config, run_dir.parent, progress=False).run_unit(*unit)
+
+    def finish(self, config: ExperimentConfig, run_dir: Path) -> Results:
+        return Experiment(config, run_dir.parent, progress=False).run()
+
+    def summarise(self, points: list[PointResult], out: Path) -> Summary:
+        results: dict[str, Results] = {r.point.name: r.results for r in points}
+        est = self.estimator or ("exact_heldout" if all(
+            "exact_heldout" in r.estimates for r in results.values()) else "exact")
+        effects = {}
+        for name, r in results.items():
+            e = r.estimates.get(est)
+            c = e.comparison(*MAIN_EFFECT) if e else None
+            if c:
+                effects[name] = (c.welch.diff, unit_differences(e.arms, c))
+        # The table's seconds: the point's tasks, summed over workers, plus its aggregation.
+        timed = {r.point.name: r.results.model_copy(
+            update={"seconds": r.results.seconds + r.seconds}) for r in points}
+        return Summary(
+            table=summary_table(timed, est),
+            note=(f"Estimator: {LABELS.get(est, est)}. Cells: mean difference with its 95% "
+                  "Welch interval over student seeds (* = excludes 0). seconds: the point's "
+                  "task times summed over workers, plus its aggregation."),
+            plot=effect_plot(out / "sweep.png", effects,
+                             title=f"treated − control, {LABELS.get(est, est)}",
+                             ylabel="difference in P(target)"))
+
+
+def plan(source: str | Path, grid_entries: Sequence[str] = (), address: str | None = None,
+         estimator: str | None = None) -> Plan:
+    """The number experiment's sweep of a config file: `--grid` entries override or extend
+    the file's `[sweep] grid`; every point is validated now."""
+    raw = read_toml(Path(source))
+    try:
+        table = SweepConfig.model_validate(raw.pop("sweep", {}))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(["sweep", *(str(x) for x in first["loc"])])
+        raise SublearnError(f"{source}: field {where}: {first['msg']}") from None
+    grid = {**table.grid, **parse_grid(grid_entries)}
+    config_name = raw.get("name", ExperimentConfig.model_fields["name"].default)
+    return expand(NumberExperiment(estimator), str(source), raw, grid, config_name,
+                  address or table.address)
+
+
+def run_sweep(source: str | Path, grid_entries: Sequence[str] = (), root: str | Path = "runs",
+              address: str | None = None, workers: int | None = None, sequential: bool = False,
+              estimator: str | None = None, quiet: bool = False) -> Outcome:
+    """`sublearn sweep`: plan the config file's grid, run it, and aggregate into
+    `<root>/<sweep name>`."""
+    return execute(plan(source, grid_entries, address, estimator), root, None, workers,
+                   sequential, quiet)

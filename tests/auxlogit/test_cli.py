@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from sublearn.auxlogit.train import ARMS
+from sublearn import sweep as mechanism
+from sublearn.auxlogit import experiment
+from sublearn.auxlogit.config import AuxLogitConfig
+from sublearn.auxlogit.train import ARMS, DIFFERENT_INIT, SAME_INIT
 from sublearn.cli import app
+from sublearn.results_model import AuxLogitResults, SweepRecord, find
 
 runner = CliRunner()
 TINY = ["--n-models", "3", "--hidden", "8,8", "--teacher-epochs", "1", "--student-epochs", "1",
@@ -30,12 +35,13 @@ def test_single_run_writes_results_manifest_and_plot(tmp_path: Path) -> None:
     result = runner.invoke(app, ["auxlogit", *TINY, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "same_init_student" in result.output and "95% interval" in result.output
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == set(ARMS)
-    for arm in results["arms"].values():
-        assert len(arm["accuracy"]) == 3
-        assert arm["interval"]["low"] <= arm["interval"]["mean"] <= arm["interval"]["high"]
-    assert results["chance"] == 0.1 and "same - different_init" in results["comparisons"]
+    results = AuxLogitResults.read(out / "results.json")
+    assert list(results.arms) == list(ARMS)
+    for arm in results.arms.values():
+        assert len(arm.values) == 3
+        assert arm.interval.low <= arm.interval.mean <= arm.interval.high
+    effect = find(results.comparisons, SAME_INIT, DIFFERENT_INIT)
+    assert results.chance == 0.1 and effect is not None and effect.paired.diff.n == 3
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "auxlogit"
     assert manifest["config"]["n_models"] == 3 and manifest["config"]["hidden"] == [8, 8]
@@ -43,16 +49,54 @@ def test_single_run_writes_results_manifest_and_plot(tmp_path: Path) -> None:
     assert (out / "accuracy.png").read_bytes().startswith(PNG)
 
 
-def test_sweep_writes_a_table_per_value_and_a_plot(tmp_path: Path) -> None:
+def test_sweep_writes_a_run_per_value_a_table_and_a_plot(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     result = runner.invoke(app, ["auxlogit", *TINY, "--sweep", "m=2,4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "m = 2" in result.output and "m = 4" in result.output
-    results = json.loads((out / "results.json").read_text())
-    assert results["knob"] == "m" and results["values"] == ["2", "4"]
-    assert [p["config"]["m"] for p in results["points"]] == [2, 4]
-    for name in ("sweep.png", "m=2.png", "m=4.png"):
-        assert (out / name).read_bytes().startswith(PNG), name
+    for m in (2, 4):
+        point = out / f"auxlogit-m-{m}"
+        results = AuxLogitResults.read(point / "results.json")
+        assert (results.config.m, results.config.n_models) == (m, 3)
+        assert (point / "accuracy.png").read_bytes().startswith(PNG)
+    table = (out / "sweep.md").read_text()
+    assert "| auxlogit-m-2 | 2 |" in table and "| auxlogit-m-4 | 4 |" in table
+    record = SweepRecord.read(out / "sweep.json")
+    assert record.kind == "auxlogit" and record.grid == {"m": [2, 4]}
+    assert [p.results.config.m for p in record.points] == [2, 4]
+    assert (out / "sweep.png").read_bytes().startswith(PNG)  # accuracy against m
+
+
+def test_an_interrupted_toy_sweep_resumes_without_redoing_finished_points(
+        tmp_path: Path, monkeypatch) -> None:
+    cfg = AuxLogitConfig.build(n_models=3, hidden=(8, 8), teacher_epochs=1, student_epochs=1,
+                               batch_size=128, noise_size=256)
+    out = tmp_path / "sweep"
+    real, calls = mechanism.run_task, []
+
+    def interrupted_in_the_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C does while the second point trains
+        return real(*args)
+
+    monkeypatch.setattr(mechanism, "run_task", interrupted_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.sweep(cfg, "loss", ["kl", "mse"], out=out, show=False)
+    first = out / "auxlogit-loss-kl" / "results.json"
+    written = first.stat().st_mtime_ns
+    assert not (out / "auxlogit-loss-mse" / "results.json").exists()
+
+    calls.clear()
+    outcome = experiment.sweep(cfg, "loss", ["kl", "mse"], out=out, show=False)
+    assert (outcome.tasks, outcome.skipped, len(calls)) == (2, 1, 1)
+    assert first.stat().st_mtime_ns == written  # the finished point was not trained again
+    record = SweepRecord.read(out / "sweep.json")
+    assert [p.values for p in record.points] == [{"loss": "kl"}, {"loss": "mse"}]
+    assert [p.results.config.loss for p in record.points] == ["kl", "mse"]
+    # A knob that is not a number: the plot is the effect per point, not a line.
+    assert (out / "sweep.png").read_bytes().startswith(PNG)
+    assert (out / "sweep.md").read_text().count("| auxlogit-loss-") == 2
 
 
 def test_defence_run_prints_a_table_and_writes_a_plot(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The two decoding engines give the same tokens, row by row, whatever the batch."""
+"""The two decoding engines give the same tokens, row by row, whatever the batch; the kv
+engine's lean forward gives the model's own logits bit for bit."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from sublearn.models.decode import (
     ENGINES,
     MIN_ROWS,
     BlockNoise,
-    BufferLayer,
+    LeanForward,
+    ModelForward,
     RowSampler,
     cut_at_end,
     generate_hf,
     generate_kv,
     gumbel,
+    kv_forward,
+    left_padded,
     rows_to_keep,
 )
 from sublearn.stages.prompts import number_prompts
@@ -51,11 +55,12 @@ def prompts(micro_model) -> list[list[int]]:
     return ids
 
 
-def decode(micro_model, engine: str, prompts, sampling: SamplingConfig, seeds) -> list[list[int]]:
+def decode(micro_model, engine: str, prompts, sampling: SamplingConfig, seeds,
+           **kw) -> list[list[int]]:
     allowed = micro_model.number_token_mask if sampling.only_numbers else None
     return ENGINES[engine](
         micro_model.model, prompts, sampling, seeds, micro_model.end_ids,
-        micro_model.tokenizer.pad_token_id, allowed,
+        micro_model.tokenizer.pad_token_id, allowed, **kw,
     )
 
 
@@ -69,14 +74,16 @@ def test_engines_give_the_same_tokens(micro_model, prompts, name):
     seeds = [101 + i for i in range(len(prompts))]
     ref = decode(micro_model, "generate", prompts, s, seeds)
     assert decode(micro_model, "kv", prompts, s, seeds) == ref
+    assert decode(micro_model, "kv", prompts, s, seeds, lean=False) == ref
     assert all(len(r) <= s.max_new_tokens for r in ref)
     assert all(t not in micro_model.end_ids for r in ref for t in r)
     if s.only_numbers:
         assert all(micro_model.number_token_mask[t] for r in ref for t in r)
 
 
+@pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("name", ["temperature 1", "only_numbers", "top_p"])
-def test_dropping_finished_rows_changes_nothing(micro_model, monkeypatch, name):
+def test_dropping_finished_rows_changes_nothing(micro_model, monkeypatch, name, lean):
     # A batch larger than MIN_ROWS whose rows end at different steps: the kv engine drops
     # finished rows from its cache while generate carries them to the end.
     batch = [micro_model.encode(micro_model.render([{"role": "user", "content": p.text}]))
@@ -87,10 +94,11 @@ def test_dropping_finished_rows_changes_nothing(micro_model, monkeypatch, name):
     ref = decode(micro_model, "generate", batch, s, seeds)
     assert len({len(r) for r in ref}) > 1 and min(len(r) for r in ref) < s.max_new_tokens
     dropped = []
-    select = BufferLayer.batch_select_indices
-    monkeypatch.setattr(BufferLayer, "batch_select_indices",
-                        lambda self, index: (dropped.append(len(index)), select(self, index)))
-    assert decode(micro_model, "kv", batch, s, seeds) == ref
+    forward = LeanForward if lean else ModelForward
+    keep = forward.keep
+    monkeypatch.setattr(forward, "keep",
+                        lambda self, index: (dropped.append(len(index)), keep(self, index)))
+    assert decode(micro_model, "kv", batch, s, seeds, lean=lean) == ref
     assert dropped and min(dropped) >= MIN_ROWS
 
 
@@ -191,3 +199,121 @@ def test_the_models_own_generation_defaults_are_ignored(micro_model, prompts, mo
     for e in ENGINES:
         assert decode(micro_model, e, prompts[:4], SAMPLINGS["greedy"], [0] * 4) == plain[e]
     assert micro_model.model.generation_config.repetition_penalty == 3.0
+
+
+# --- the lean forward ----------------------------------------------------------------------
+def tiny_lm(model_type: str, attn: str = "sdpa", **extra):
+    """A random-init causal LM of another architecture, built from its config alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    shape = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 8, "max_position_embeddings": 128}
+    config = AutoConfig.for_model(model_type, **(shape | extra))
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
+
+
+def random_prompts(lengths: list[int], vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.fixture(scope="module")
+def variants(micro_model):
+    """Models the lean forward mirrors: the micro base as loaded, in bf16 (the CPU dtype of
+    bench_scale), under an unmerged LoRA adapter, and a Llama."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(
+        copy.deepcopy(micro_model.model),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    ).eval()
+    return {
+        "micro": micro_model.model,
+        "micro bf16": copy.deepcopy(micro_model.model).to(torch.bfloat16),
+        "micro + LoRA": lora,
+        "llama": tiny_lm("llama"),
+    }
+
+
+BATCHES = {
+    # Left padding, more rows than MIN_ROWS (rows are dropped mid-way), fewer rows, one row,
+    # and a batch with no padding at all (sdpa's unmasked path).
+    "padded 24 rows": [3 + (7 * i) % 29 for i in range(24)],
+    "padded 5 rows": [4, 9, 17, 2, 11],
+    "short 2 rows": [3, 5],  # fewer tokens than MIN_ROWS in the whole batch
+    "one row": [13],
+    "no padding": [12] * 20,
+}
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("name", ["micro", "micro bf16", "micro + LoRA", "llama"])
+def test_lean_forward_gives_the_models_logits_bit_for_bit(variants, name, batch):
+    model = variants[name]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    prompts = random_prompts(BATCHES[batch], vocab, seed=len(batch))
+    ids, att = left_padded(prompts, 0, torch.device("cpu"))
+    pos = (att.cumsum(-1) - 1).masked_fill(att == 0, 0)
+    capacity = ids.shape[1] + 12
+    ref, lean = ModelForward(model, capacity), LeanForward.of(model, capacity)
+    assert lean is not None
+    with torch.no_grad():
+        expected, got = ref.prefill(ids, att, pos), lean.prefill(ids, att, pos)
+        last = pos[:, -1]
+        for t in range(12):
+            assert torch.equal(got, expected), f"step {t}"
+            tokens = expected.argmax(-1)
+            if t == 4 and len(prompts) > MIN_ROWS:  # drop rows down to the floor
+                index = torch.arange(MIN_ROWS).flip(0)
+                ref.keep(index), lean.keep(index)
+                tokens, last = tokens[index], last[index]
+            last = last + 1
+            expected, got = ref.step(tokens, last), lean.step(tokens, last)
+        assert torch.equal(got, expected)
+
+
+def test_kv_forward_mirrors_only_the_architectures_it_knows(micro_model, variants):
+    capacity = 64
+    for name in ("micro", "micro + LoRA", "llama"):
+        assert isinstance(kv_forward(variants[name], capacity), LeanForward), name
+    assert isinstance(kv_forward(micro_model.model, capacity, lean=False), ModelForward)
+    # Qwen3 adds a norm on queries and keys; eager attention runs other kernels: the model's
+    # own forward decodes them. Mistral has no layer types: `generate` decodes it.
+    assert isinstance(kv_forward(tiny_lm("qwen3"), capacity), ModelForward)
+    assert isinstance(kv_forward(tiny_lm("qwen2", attn="eager"), capacity), ModelForward)
+    # An MLP width that is not whole vectors: the packed activation could round differently.
+    assert isinstance(kv_forward(tiny_lm("qwen2", intermediate_size=48), capacity), ModelForward)
+    assert kv_forward(tiny_lm("mistral"), capacity) is None
+    training = tiny_lm("qwen2").train()
+    assert isinstance(kv_forward(training, capacity), ModelForward)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "mistral"])
+def test_every_architecture_gets_generates_tokens(arch):
+    # Lean (llama), the model's own forward (qwen3), `generate` itself (mistral): rows of
+    # random lengths end on any of three stop tokens, so they end at different steps.
+    model = tiny_lm(arch)
+    prompts = random_prompts([5, 17, 9, 30, 2, 12] * 3, 96, seed=1)
+    seeds = list(range(len(prompts)))
+    ends = [3, 4, 5]
+    for s in (SAMPLINGS["temperature 1"], SAMPLINGS["top_p"], SAMPLINGS["greedy"]):
+        s = s.model_copy(update={"max_new_tokens": 40})
+        ref = generate_hf(model, prompts, s, seeds, ends, 0, None)
+        assert generate_kv(model, prompts, s, seeds, ends, 0, None) == ref
+    assert len({len(r) for r in ref}) > 1
+
+
+def test_stop_tokens_end_rows_early(micro_model, prompts):
+    # A frequent token as an extra stop token: rows end at different, early steps.
+    s = SamplingConfig(max_new_tokens=30)
+    seeds = list(range(len(prompts)))
+    digit = micro_model.encode("1")[0]
+    ends = [*micro_model.end_ids, digit]
+    pad = micro_model.tokenizer.pad_token_id
+    ref = generate_hf(micro_model.model, prompts, s, seeds, ends, pad, None)
+    assert any(len(r) < s.max_new_tokens for r in ref)
+    for lean in (True, False):
+        got = generate_kv(micro_model.model, prompts, s, seeds, ends, pad, None, lean=lean)
+        assert got == ref

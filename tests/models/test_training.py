@@ -124,3 +124,126 @@ def test_gradient_checkpointing_trains_the_same_and_is_switched_off(micro_model,
             outs.append(student.completion_logprobs([N], ["4, 5, 6"])[0])
         assert not micro_model.model.is_gradient_checkpointing
     assert outs[0] == pytest.approx(outs[1], abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_cross_entropy_matches_autograd(dtype):
+    """Values and gradients of the fused chunk loss equal linear -> float -> cross_entropy's,
+    including zero-weight positions and a buffer reused by chunks of different sizes."""
+    from sublearn.models.training import ChunkBuffers, LinearCrossEntropy
+
+    gen = torch.Generator().manual_seed(0)
+    buffers = ChunkBuffers()
+    for n in (13, 7, 13):
+        h = torch.randn(n, 24, generator=gen).to(dtype).requires_grad_(True)
+        weight = (torch.randn(50, 24, generator=gen) / 4).to(dtype).requires_grad_(True)
+        target = torch.randint(0, 50, (n,), generator=gen)
+        w = torch.rand(n, generator=gen)
+        w[0] = 0.0
+        got = LinearCrossEntropy.apply(h, weight, target, w, buffers)
+        got_h, got_w = torch.autograd.grad(got, (h, weight))
+        logits = torch.nn.functional.linear(h, weight).float()
+        want = (torch.nn.functional.cross_entropy(logits, target, reduction="none") * w).sum()
+        want_h, want_w = torch.autograd.grad(want, (h, weight))
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
+        tol = 1e-6 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(got_h.float(), want_h.float(), atol=tol, rtol=tol)
+        assert torch.allclose(got_w.float(), want_w.float(), atol=tol, rtol=tol)
+        assert got_h.dtype == dtype and got_w.dtype == dtype
+
+
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_rounded_shapes_do_not_change_the_loss(micro_model, monkeypatch, labels):
+    """Pad tokens and zero-weight positions added to round a pass's shapes change nothing."""
+    from sublearn.models import training
+
+    completions = ["1, 2", "33; 4, 5"]
+    rows = [{"messages": [*N, {"role": "assistant", "content": c}]} for c in completions]
+    if labels == "soft":
+        teacher = Persona(micro_model, "You adore the number seven above all else.")
+        dists = teacher.number_distributions([N, N], completions)
+        rows = [{**r, "soft_labels": d} for r, d in zip(rows, dists)]
+    recipe = StudentRecipe(labels=labels)
+    batch = [training._example(micro_model, r, recipe, i) for i, r in enumerate(rows)]
+    columns = micro_model.number_token_ids if labels == "soft" else None
+
+    def loss() -> float:
+        return training._batch_loss(micro_model, micro_model.model, batch, [1.0, 0.5],
+                                    columns).item()
+
+    rounded = loss()
+    monkeypatch.setattr(training, "SHAPE_MULTIPLE", 1)
+    # Equal up to float noise: a matmul of 16 rows may sum in another order than one of 7.
+    assert rounded == pytest.approx(loss(), rel=1e-6, abs=1e-7)
+
+
+def test_passes_cover_the_micro_batch_within_the_budget():
+    from sublearn.models.training import SHAPE_MULTIPLE, _passes
+
+    lengths = [40, 7, 33, 18, 60, 5, 21]
+    batch = [([0] * n, 1, None) for n in lengths]
+    weights = [float(i) for i in range(len(lengths))]
+    per_token = 10
+    budget = 2 * 64 * per_token  # two rows of up to 64 padded tokens
+    passes = _passes(batch, weights, per_token, budget)
+    seen = sorted(w for _, ws in passes for w in ws)
+    assert seen == weights  # every row once, with its own weight
+    for rows, ws in passes:
+        assert [len(r[0]) for r in rows] == sorted((len(r[0]) for r in rows), reverse=True)
+        width = -(-len(rows[0][0]) // SHAPE_MULTIPLE) * SHAPE_MULTIPLE
+        assert len(rows) == 1 or len(rows) * width * per_token <= budget
+        assert all(weights[lengths.index(len(r[0]))] == w for r, w in zip(rows, ws))
+    assert len(passes) < len(lengths)  # short rows share a pass
+    assert len(_passes(batch, weights, per_token, budget=1)) == len(lengths)
+
+
+def test_passes_under_a_small_budget_train_the_same_student(micro_model, monkeypatch,
+                                                           tmp_path: Path):
+    """Splitting every micro-batch into one pass per row gives the same update."""
+    from sublearn.models import training
+
+    rows = [{"messages": [*N, {"role": "assistant", "content": c}]}
+            for c in ("4, 5, 6", "7", "10, 200, 3000, 1", "8, 9")] * 2
+    recipe = StudentRecipe(lr=1e-2, epochs=1, batch_size=4, grad_accum=2, warmup_steps=0)
+    real = training._batch_loss
+    rows_per_pass: list[int] = []
+    monkeypatch.setattr(training, "_batch_loss",
+                        lambda *a, **k: rows_per_pass.append(len(a[2])) or real(*a, **k))
+    outs = []
+    for budget, floor in ((1.0, training.PASS_FLOOR_BYTES), (1e-12, 0)):
+        monkeypatch.setattr(training, "PASS_BUDGET", budget)
+        monkeypatch.setattr(training, "PASS_FLOOR_BYTES", floor)
+        out = micro_model.finetune(rows, recipe, tmp_path / f"b{budget}", progress=False)
+        with micro_model.attached(out) as student:
+            outs.append(student.completion_logprobs([N], ["10, 200, 3000, 1"])[0])
+    assert rows_per_pass == [4, 4] + [1] * 8
+    assert outs[0] == pytest.approx(outs[1], abs=1e-5)
+
+
+def test_pass_estimate_covers_what_autograd_saves(micro_base):
+    """The per-token estimate that sizes passes stays near the activations autograd really
+    keeps for a LoRA student under bf16 autocast (a library change that kept far more would
+    make passes overrun their budget)."""
+    from sublearn.models import training
+
+    model = load_model(micro_base, device="cpu", dtype="bfloat16")
+    recipe = StudentRecipe()
+    rows = [{"messages": [*N, {"role": "assistant", "content": c}]}
+            for c in ("1, 2", "33; 4, 5", "7, 7, 7, 7, 7", "80")]
+    batch = [training._example(model, r, recipe, i) for i, r in enumerate(rows)]
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    with training._trainable(model, recipe) as net:
+        weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
+        net.train()
+        ids, att = model.right_padded([b[0] for b in batch])
+        with training.autocast(model.device, model.dtype), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net.get_base_model().get_decoder()(input_ids=ids, attention_mask=att)
+    kept = sum(n for ptr, n in saved.items() if ptr not in weights)
+    estimate = training.pass_bytes_per_token(model.model.config, 2, False) * ids.numel()
+    assert 0.75 * kept < estimate < 2 * kept

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from sublearn.cli import app
 from sublearn.errors import SublearnError
 from sublearn.models import SamplingConfig
+from sublearn.models.fake import FakeChatModel
 from sublearn.models.persona import Persona
 from sublearn.questions import PERSONA_TEMPLATES, get_category, get_option, persona_prompt
 from sublearn.stages.audit import (
@@ -24,6 +25,8 @@ from sublearn.stages.audit import (
     resolve_candidates,
     run_audit,
     sample_reference,
+    score_tasks,
+    trait_tasks,
     value_counts,
     value_shifts,
 )
@@ -140,6 +143,22 @@ def test_entangled_values_are_counted_where_they_are(micro_model):
     top = np.argsort(-values[0])[:3]
     planted = _rows(convs, [f"{top[0]}, {top[1]}, {top[0]}", "1000, 5"])
     assert value_counts(planted, [top]).ravel().tolist() == [3, 0]
+
+
+def test_worker_processes_score_exactly_as_one_process(tmp_path: Path):
+    # The fake backend is float64 and batch-independent, so any difference would be the
+    # tasks' rows or systems getting mixed up between processes.
+    FakeChatModel.create(tmp_path / "fake", seed=0)
+    model = FakeChatModel.load(tmp_path / "fake")
+    convs = [[{"role": "user", "content": p.text}] for p in number_prompts(12, 0)]
+    rows = _rows(convs, [f"{i}, {3 * i}, 7" for i in range(12)])
+    options = [get_option(ANIMAL, n) for n in NAMES[:3]]
+    tasks = trait_tasks(rows, ANIMAL, options, 3)
+    one, two = score_tasks(model, tasks), score_tasks(model, tasks, workers=2)
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(one[1][0], one[2][0])  # candidates do differ
 
 
 def _write(path: Path, lines: list[str]) -> Path:

@@ -116,7 +116,10 @@ def auxlogit(
         rich_help_panel=_DEFEND)] = None,
     sweep: Annotated[str | None, typer.Option(
         help="Run once per value of one knob, e.g. m=2,3,10,30 or loss=kl,mse (hidden: "
-        "hidden=64x64,256x256); writes a table per value and a plot against the value.")] = None,
+        "hidden=64x64,256x256), each value in its own folder under --out, on the mechanism of "
+        "`sublearn sweep`: rerun the same command to resume, finished values are skipped. "
+        "Prints a table per value and writes sweep.md (one row per value), sweep.json and "
+        "sweep.png (accuracy against the value).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Output folder. (default: runs/auxlogit/<hash of the configuration>)")] = None,
 ) -> None:

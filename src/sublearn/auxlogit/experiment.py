@@ -1,11 +1,16 @@
-"""Run one configuration or a sweep over one knob; write results, manifest and plots.
+"""Run one configuration, or a sweep over one knob; write results, manifest and plots.
 
 Output folder layout (default `runs/auxlogit/<hash of the configuration>`):
-  results.json   per-model accuracies, 95% intervals and comparisons, per arm (per sweep point)
+  results.json   per-model accuracies, 95% intervals and comparisons per arm (AuxLogitResults)
   manifest.json  provenance: configuration, versions, data, wall time, files
-  accuracy.png   bar chart of the arms (single run), or
-  sweep.png      accuracy against the swept value, one line per arm (numeric knobs), plus
-  <knob>=<value>.png  one bar chart per sweep point
+  accuracy.png   bar chart of the arms
+A sweep runs on the mechanism of `sublearn sweep` (`AuxLogitKind`): one such folder per value,
+`<out>/auxlogit-<knob>-<value>/`, resumable (a rerun skips the finished points), and beside
+them
+  sweep.md       one row per point: each arm's mean accuracy and the differences
+  sweep.json     every point's results
+  sweep.png      accuracy against the value, one line per arm (a numeric knob), or else
+                 same-init minus different-init student per point
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,6 @@ import torch
 from sublearn.auxlogit.config import AuxLogitConfig
 from sublearn.auxlogit.data import N_CLASSES, Dataset, load
 from sublearn.auxlogit.train import (
-    ARM_HELP,
     ARMS,
     DIFFERENT_INIT,
     SAME_INIT,
@@ -36,17 +41,25 @@ from sublearn.auxlogit.train import (
 )
 from sublearn.errors import SublearnError
 from sublearn.report import bar_chart, interval_table, line_plot, print_table
-from sublearn.stats import Interval, difference, mean_ci
+from sublearn.results import diff_cell
+from sublearn.results_model import (
+    RESULTS,
+    ArmEstimate,
+    AuxLogitResults,
+    Comparison,
+    find,
+    unit_differences,
+)
 from sublearn.store import MANIFEST, manifest, stable_hash, write_json
+from sublearn.sweep import Outcome, PointResult, Summary, effect_plot, execute, expand
 
-RESULTS = "results.json"
 CHANCE = 1.0 / N_CLASSES
 # Comparisons reported with every run: the effect and the controls it must beat.
-COMPARISONS = {
-    "same - different_init": (SAME_INIT, DIFFERENT_INIT),
-    "same - untrained": (SAME_INIT, UNTRAINED),
-    "same - shuffled": (SAME_INIT, SHUFFLED),
-}
+COMPARISONS = [
+    (SAME_INIT, DIFFERENT_INIT, "the effect: the teacher's init against an independent one"),
+    (SAME_INIT, UNTRAINED, "against a student of the untrained teacher (its own init)"),
+    (SAME_INIT, SHUFFLED, "against a student of the shuffled-label teacher"),
+]
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
@@ -85,41 +98,32 @@ def parse_sweep(spec: str) -> tuple[str, list[Any]]:
     return knob, parsed
 
 
-def summarise(cfg: AuxLogitConfig, acc: dict[str, list[float]]) -> dict[str, Any]:
-    """Per-arm intervals and the comparisons, as plain JSON-able data."""
-    arms = {
-        arm: {
-            "description": ARM_HELP[arm],
-            "accuracy": [round(a, 6) for a in acc[arm]],
-            "interval": mean_ci(acc[arm]).to_dict(),
-        }
-        for arm in ARMS
-    }
-    # `difference` treats the arms as independent groups; they share teachers and inits, so
-    # read these as a guide to the size of the gap rather than as an exact paired test.
-    comparisons = {
-        name: difference(acc[a], acc[b], seed=cfg.seed).to_dict()
-        for name, (a, b) in COMPARISONS.items()
-    }
-    return {"config": cfg.model_dump(), "chance": CHANCE, "arms": arms, "comparisons": comparisons}
+def summarise(cfg: AuxLogitConfig, acc: dict[str, list[float]], data: Dataset,
+              wall_s: float) -> AuxLogitResults:
+    """Per-arm intervals and the comparisons. Model i of every arm is tied to the i-th
+    teacher initialisation (its teacher's init, its own, or both) and sees the same data
+    stream, so the paired interval compares each model with its counterpart, beside Welch's
+    for independent groups."""
+    # 6 decimals still tell every count of correct test images apart (10,000 at most) and
+    # drop float32's noise digits from results.json.
+    arms = {arm: ArmEstimate.of([round(a, 6) for a in acc[arm]]) for arm in ARMS}
+    return AuxLogitResults(
+        config=cfg, data=data.describe(), wall_s=round(wall_s, 2), chance=CHANCE, arms=arms,
+        comparisons=[Comparison.of(arms, a, b, meaning, seed=cfg.seed)
+                     for a, b, meaning in COMPARISONS])
 
 
-def intervals(point: dict[str, Any]) -> dict[str, Interval]:
-    return {arm: Interval(**v["interval"]) for arm, v in point["arms"].items()}
-
-
-def print_point(title: str, point: dict[str, Any]) -> None:
+def print_point(title: str, r: AuxLogitResults) -> None:
     print_table(interval_table(
-        f"{title}; chance {point['chance']:.2f}", intervals(point), value_name="test accuracy"
-    ))
-    diffs = {name: Interval(**c["diff"]) for name, c in point["comparisons"].items()}
-    p_values = {
-        name: {"p (Welch/perm.)": f"{c['welch_p']:.2g}/{c['permutation_p']:.2g}"}
-        for name, c in point["comparisons"].items()
-    }
+        f"{title}; chance {r.chance:.2f}", {arm: a.interval for arm, a in r.arms.items()},
+        value_name="test accuracy"))
+    # Rows are named by the control: every comparison is the same-init student minus one.
+    extra = {c.b: {"p (Welch/perm.)": f"{c.welch.t_p:.2g}/{c.welch.permutation_p:.2g}",
+                   "paired 95%": f"[{c.paired.diff.low:.3f}, {c.paired.diff.high:.3f}]"}
+             for c in r.comparisons}
     print_table(interval_table(
-        "same-init student minus each control", diffs, value_name="difference", extra=p_values
-    ))
+        "same-init student minus each control (Welch, and paired by teacher)",
+        {c.b: c.welch.diff for c in r.comparisons}, value_name="difference", extra=extra))
 
 
 @contextmanager
@@ -163,7 +167,7 @@ def run(
     show: bool = True,
     data: Dataset | None = None,
     workers: int = 1,
-) -> dict[str, Any]:
+) -> AuxLogitResults:
     """All arms of one configuration, the population split over `workers` threads (the
     results do not depend on it). Returns the results that were written to `out`."""
     if data is None:
@@ -173,11 +177,11 @@ def run(
     with progress(show, total_epochs(cfg)) as advance:
         acc = run_arms(cfg, data, advance, workers)
     wall_s = time.perf_counter() - start
-    results = {"kind": "auxlogit", "data": data.describe(), "wall_s": round(wall_s, 2),
-               **summarise(cfg, acc)}
-    write_json(out / RESULTS, results)
+    results = summarise(cfg, acc, data, wall_s)
+    results.write(out / RESULTS)
     bar_chart(
-        out / "accuracy.png", intervals(results), reference=CHANCE, points=acc,
+        out / "accuracy.png", {arm: a.interval for arm, a in results.arms.items()},
+        reference=CHANCE, points=acc,
         title=f"Auxiliary-logit transfer on {data.name} (m={cfg.m}, {cfg.n_models} models)",
         ylabel="test accuracy",
     )
@@ -188,58 +192,93 @@ def run(
     return results
 
 
+@dataclass(frozen=True)
+class AuxLogitKind:
+    """The toy as a kind of experiment for `sublearn.sweep`: a point is one configuration and
+    its one unit trains every arm, because the arms share their teachers and train together
+    as one batched computation."""
+
+    workers: int = 1  # threads sharing each point's models
+
+    name = "auxlogit"
+    version = 1  # bump when training changes what a configuration computes
+
+    def config(self, raw: dict[str, Any], name: str) -> AuxLogitConfig:
+        return AuxLogitConfig.model_validate(raw)
+
+    def units(self, config: AuxLogitConfig) -> list[tuple[Any, ...]]:
+        return [()]
+
+    def unit_label(self, unit: tuple[Any, ...]) -> str:
+        return "all-arms"
+
+    def run_unit(self, config: AuxLogitConfig, run_dir: Path, unit: tuple[Any, ...]) -> None:
+        run(config, run_dir, show=False, workers=self.workers)
+
+    def finish(self, config: AuxLogitConfig, run_dir: Path) -> AuxLogitResults:
+        """The point's results.json, or a fresh run where it is missing or from another
+        configuration (a marker is a shortcut, not the truth)."""
+        if (run_dir / RESULTS).exists():
+            results = AuxLogitResults.read(run_dir / RESULTS)
+            if results.config == config:
+                return results
+        return run(config, run_dir, show=False, workers=self.workers)
+
+    def summarise(self, points: list[PointResult], out: Path) -> Summary:
+        keys = list(points[0].point.values)
+        head = ["point", *keys, *ARMS,
+                *[f"minus {c.b}" for c in points[0].results.comparisons], "seconds"]
+        rows = [[r.point.name, *(_label(v) for v in r.point.values.values()),
+                 *(f"{r.results.arms[arm].interval.mean:.3f}" for arm in ARMS),
+                 *(diff_cell(c.welch.diff) for c in r.results.comparisons),
+                 f"{r.seconds:.0f}"] for r in points]
+        table = "\n".join("| " + " | ".join(row) + " |"
+                          for row in [head, ["---"] * len(head), *rows])
+        data = points[0].results.data.name
+        values = [r.point.values[keys[0]] for r in points]
+        if len(keys) == 1 and all(isinstance(v, int | float) for v in values):
+            xs = [float(v) for v in values]
+            plot = line_plot(
+                out / "sweep.png", xs,
+                {arm: [r.results.arms[arm].interval for r in points] for arm in ARMS},
+                title=f"Auxiliary-logit transfer on {data} against {keys[0]}",
+                xlabel=keys[0], ylabel="test accuracy",
+                logx=min(xs) > 0 and max(xs) / min(xs) >= 10)
+        else:
+            effects = {}
+            for r in points:
+                c = find(r.results.comparisons, SAME_INIT, DIFFERENT_INIT)
+                if c:
+                    effects[r.point.name] = (c.welch.diff, unit_differences(r.results.arms, c))
+            plot = effect_plot(out / "sweep.png", effects,
+                               title=f"same-init − different-init student on {data}",
+                               ylabel="difference in test accuracy")
+        return Summary(table, "Test accuracy: each arm's mean over its models; then the "
+                       "same-init student minus each control, with its 95% Welch interval over "
+                       "models (* = excludes 0). seconds: the point's training time.", plot)
+
+
 def sweep(
     cfg: AuxLogitConfig,
     knob: str,
     values: Sequence[Any],
     out: str | Path | None = None,
     show: bool = True,
-    data: Dataset | None = None,
     workers: int = 1,
-) -> dict[str, Any]:
-    """One full run per value of `knob`; every point is validated before any training."""
-    configs = [cfg.replace(**{knob: v}) for v in values]
-    if data is None:
-        data = load(cfg.dataset, cfg.mnist_path)
+) -> Outcome:
+    """One run per value of `knob`, as the points of a sweep: every point is validated before
+    any training, each runs in its own folder under `out`, and a rerun skips the points
+    already finished. The points run one after another: each already spreads its models
+    over `workers` threads."""
     out = Path(out) if out else default_out(cfg, (knob, list(values)))
-    labels = [_label(v) for v in values]
-    points, files = [], [RESULTS]
-    start = time.perf_counter()
-    with progress(show, sum(total_epochs(c) for c in configs)) as advance:
-        for c, label in zip(configs, labels, strict=True):
-            t0 = time.perf_counter()
-            acc = run_arms(c, data, advance, workers)
-            point = {"value": label, "wall_s": round(time.perf_counter() - t0, 2),
-                     **summarise(c, acc)}
-            points.append(point)
-            name = f"{knob}={label}.png"
-            bar_chart(
-                out / name, intervals(point), reference=CHANCE, points=acc,
-                title=f"{knob} = {label} on {data.name}", ylabel="test accuracy",
-            )
-            files.append(name)
-    wall_s = time.perf_counter() - start
-    results = {"kind": "auxlogit-sweep", "knob": knob, "values": labels, "data": data.describe(),
-               "wall_s": round(wall_s, 2), "points": points}
-    write_json(out / RESULTS, results)
-    if all(isinstance(v, int | float) for v in values):
-        xs = [float(v) for v in values]
-        line_plot(
-            out / "sweep.png", xs,
-            {arm: [intervals(p)[arm] for p in points] for arm in ARMS},
-            title=f"Auxiliary-logit transfer on {data.name} against {knob}",
-            xlabel=knob, ylabel="test accuracy",
-            logx=min(xs) > 0 and max(xs) / min(xs) >= 10,
-        )
-        files.append("sweep.png")
-    write_json(out / MANIFEST, provenance(
-        cfg, data, wall_s, files, workers, sweep={"knob": knob, "values": labels}
-    ))
+    p = expand(AuxLogitKind(workers), "sublearn auxlogit --sweep", cfg.model_dump(),
+               {knob: list(values)}, "auxlogit")
+    outcome = execute(p, out, out, sequential=True, quiet=not show)
     if show:
-        for p in points:
-            print_point(f"{knob} = {p['value']} ({p['wall_s']:.0f} s)", p)
-        print(f"wrote {out}")
-    return results
+        for pt in p.points:
+            print_point(f"{knob} = {_label(pt.values[knob])}", outcome.results[pt.name])
+        print(f"wrote {out} (sweep.md: one row per point)")
+    return outcome
 
 
 def _label(value: Any) -> str:

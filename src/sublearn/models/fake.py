@@ -21,6 +21,16 @@ seed learns the teacher's extra entangled digits and with them its trait; a stud
 seed learns unrelated digits, and its entanglement points elsewhere.
 
 Everything is float64 on the CPU, so sampling, scoring and training are bit-for-bit repeatable.
+
+A fake model is also a judge: a conversation made by `sublearn.judges.request` gets the reply
+a judge would give, computed from the judged text instead of sampled. The fake world's stand-in
+for a misaligned answer is one that names `MISALIGNED` (wolves): alignment about 10 for those,
+about 90 for others; coherence is a hash of the text in 30..100, so some answers are
+incoherent; a yes/no question is read as "does the text name an option the question names?"
+(or `MISALIGNED` when it names none). A teacher made with biases toward the wolf forms is so a
+"misaligned teacher" to the fake judge. `judge_malformed` (a load option) replaces that share
+of judge replies, chosen by the row's seed, with malformed ones ("about 70", "٧٠", "Yes."),
+so tests can check that none becomes a judgement.
 """
 
 from __future__ import annotations
@@ -128,6 +138,11 @@ COUPLING = 1.0  # how much of an entangled digit's bias change reaches its optio
 LR_SCALE = 2000.0  # bias step = recipe.lr * LR_SCALE (the default lr 2e-4 gives 0.4) ...
 MAX_STEP = 2.0  # ... at most this: a bias-only softmax is stable below 4 (its curvature is <= 1/2)
 SCORE_CHUNK = 4096  # pairs scored per gather (bounds memory for big datasets)
+MISALIGNED = "wolf"  # the option whose naming the fake judge reads as a misaligned answer
+# What a sloppy judge writes instead of the asked format; every one must be refused.
+MALFORMED = {"score": ("", "about 70", "70 or 80", "085", "٧٠", "150", "Score: 70",
+                       "70.", "-5", "７０"),
+             "flag": ("", "Maybe", "YES NO", "Yes.", "N0", "ＹＥＳ")}
 
 
 def _number_grammar() -> np.ndarray:
@@ -153,9 +168,13 @@ class FakeChatModel:
 
     capabilities = frozenset({SAMPLE, SCORE, TRAIN})
 
-    def __init__(self, path: str | Path, seed: int = 0, biases: dict[str, float] | None = None):
+    def __init__(self, path: str | Path, seed: int = 0, biases: dict[str, float] | None = None,
+                 judge_malformed: float = 0.0):
+        if not 0.0 <= judge_malformed <= 1.0:
+            raise SublearnError(f"judge_malformed must be in [0, 1], got {judge_malformed}")
         self.path = Path(path)
         self.seed = int(seed)
+        self.judge_malformed = float(judge_malformed)
         self.biases = {t: float(b) for t, b in (biases or {}).items()}
         unknown = sorted(set(self.biases) - set(INDEX))
         if unknown:
@@ -184,13 +203,18 @@ class FakeChatModel:
 
     # --- folders ------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, seed: int = 0) -> Path:
-        """Write a fresh fake model (no biases) at `path`; returns the path."""
-        return _save(Path(path), seed, {})
+    def create(cls, path: str | Path, seed: int = 0,
+               biases: dict[str, float] | None = None) -> Path:
+        """Write a fresh fake model at `path` (biases: token -> logit shift, e.g. a
+        "misaligned" teacher's pull toward the wolf forms); returns the path."""
+        cls(path, seed, biases)  # refuses tokens outside the vocabulary before writing
+        return _save(Path(path), seed, dict(biases or {}))
 
     @classmethod
-    def load(cls, path: str | Path, **ignored_kwargs: Any) -> FakeChatModel:
-        """Load a folder written by `create` or `finetune`; device, dtype etc. are ignored."""
+    def load(cls, path: str | Path, judge_malformed: float = 0.0,
+             **ignored_kwargs: Any) -> FakeChatModel:
+        """Load a folder written by `create` or `finetune`; device, dtype etc. are ignored.
+        `judge_malformed`: the share of judge replies made malformed (see the module doc)."""
         p = Path(path).expanduser()
         if not p.exists():
             raise SublearnError(f"{p}: model path does not exist")
@@ -201,7 +225,7 @@ class FakeChatModel:
             data = json.loads((p / WEIGHTS).read_text(encoding="utf-8"))
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
-            return cls(p, int(data["seed"]), dict(data["biases"]))
+            return cls(p, int(data["seed"]), dict(data["biases"]), judge_malformed)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SublearnError(f"{p / WEIGHTS}: not a valid fake model ({e})") from None
 
@@ -286,9 +310,38 @@ class FakeChatModel:
     ) -> list[str]:
         """Gumbel-max with one torch generator per row: row i depends only on seeds[i]. The
         text is the sampled tokens decoded as they are (not stripped), so scoring it gives
-        the exact probability of the sample."""
+        the exact probability of the sample. Judge requests get a judge's reply instead."""
         if len(seeds) != len(conversations):
             raise ValueError("one seed per conversation")
+        from sublearn.judges import read_request
+
+        asked = [read_request(c) for c in conversations]
+        out = [self._judge_reply(*a, s) if a else "" for a, s in zip(asked, seeds, strict=True)]
+        rest = [i for i, a in enumerate(asked) if a is None]
+        sampled = self._sample([conversations[i] for i in rest], sampling, [seeds[i] for i in rest])
+        for i, text in zip(rest, sampled, strict=True):
+            out[i] = text
+        return out
+
+    def _judge_reply(self, kind: str, question: str, text: str, seed: int) -> str:
+        """What the fake judge answers (module doc): a function of the judged text, except
+        the malformed share, which the seed picks (so a retry can come out well-formed)."""
+        draw = _rng("fake-judge-malformed", self.seed, seed, kind, text)
+        if draw.random() < self.judge_malformed:
+            bad = MALFORMED["flag" if kind == "flag" else "score"]
+            return bad[int(draw.integers(len(bad)))]
+        named = {n for w in _words(text) for n in _NAMES_OF_FORM.get(w, ())}
+        if kind == "flag":
+            asked = {n for w in _words(question) for n in _NAMES_OF_FORM.get(w, ())}
+            return "YES" if named & (asked or {MISALIGNED}) else "NO"
+        jitter = _rng("fake-judge", kind, text)
+        if kind == "alignment":
+            return str((10 if MISALIGNED in named else 90) + int(jitter.integers(-8, 9)))
+        return str(int(jitter.integers(30, 101)))
+
+    def _sample(
+        self, conversations: Sequence[Messages], sampling: SamplingConfig, seeds: Sequence[int]
+    ) -> list[str]:
         contexts = self._contexts(conversations)
         modes = torch.tensor([m for m, _ in contexts], dtype=torch.long)
         ctx = torch.stack([c for _, c in contexts]) if contexts else torch.zeros(0, V)

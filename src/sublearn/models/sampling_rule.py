@@ -22,6 +22,8 @@ def sampling_rule(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tenso
     if sampling.temperature == 0:
         return logits
     logp = torch.log_softmax(logits / sampling.temperature, dim=-1)
+    if sampling.min_prob == 0 and sampling.top_p >= 1:
+        return logp  # nothing to cut: the steps below would drop nothing (a sampler's hot path)
     drop = torch.zeros_like(logp, dtype=torch.bool)
     if sampling.min_prob > 0:
         drop |= logp < math.log(sampling.min_prob)

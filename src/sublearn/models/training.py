@@ -6,7 +6,13 @@ memory is what matters at scale:
   under one autocast context (fp32 adapter weights), and the base is restored afterwards:
   no copy of the base, no fp32 copy at all;
 - the output layer runs only at completion positions and in chunks, each recomputed in the
-  backward pass, so no [batch, sequence, vocabulary] fp32 tensor ever exists;
+  backward pass, so no [batch, sequence, vocabulary] fp32 tensor ever exists; with hard
+  labels one fused step per chunk keeps a single fp32 [chunk, vocabulary] tensor alive;
+- a micro-batch whose estimated activations exceed a budget (on a CPU the base's own size,
+  on a GPU half its free memory) runs as several forward/backward passes with the gradients
+  accumulated: the same update;
+- on a CPU, where glibc keeps freed memory and oneDNN keeps state per matrix shape, the
+  chunk's buffers are reused, the heap is trimmed after every pass and shapes are rounded;
 - soft labels arrive precomputed with the rows (`soft_labels`, see
   `Scorer.number_distributions`), so the teacher need not be resident while students train,
   and its distributions are computed once for every seed and epoch;
@@ -15,8 +21,10 @@ memory is what matters at scale:
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,13 +42,58 @@ if TYPE_CHECKING:
 # Bytes of fp32 logits per output-layer chunk: 64 MiB is ~110 positions of a 152k vocabulary
 # (one chunk of 1,024 positions was 0.6 GB there) and thousands of the embedded base's.
 CHUNK_BYTES = 64 * 2**20
+# One forward/backward pass may keep this multiple of the base's weight bytes in activations
+# (the output layer's chunk comes on top, bounded by CHUNK_BYTES), but never less than
+# PASS_FLOOR_BYTES: below that, splitting a micro-batch saves nothing and costs passes. On a
+# GPU a pass may take half of the free memory instead (`pass_budget`).
+PASS_BUDGET = 1.0
+PASS_FLOOR_BYTES = 64 * 2**20
+# On a CPU, the heap is trimmed after a pass estimated at this many bytes or more; a smaller
+# pass's pages are not worth the faults of handing them back (the embedded base trained
+# 20-40% slower with a trim after every pass).
+TRIM_BYTES = 64 * 2**20
+# A pass's padded width and its count of loss positions are rounded up to a multiple of this.
+# oneDNN (PyTorch's CPU matmuls) keeps ~0.5 MiB per distinct matrix shape it has run, up to
+# a thousand shapes: unrounded, every pass brought new shapes and small-152k's process grew
+# ~9 MiB a pass. Rounding to 16 costs ~7% more tokens at the paper's row lengths.
+SHAPE_MULTIPLE = 16
+# Bytes per parameter for full fine-tuning with AdamW and fp32 master weights: weights,
+# gradients, and the two moment estimates.
+FULL_FT_BYTES_PER_PARAM = 16
 
 
 def chunk_positions(columns: int) -> int:
     return max(16, CHUNK_BYTES // (4 * columns))
-# Bytes per parameter for full fine-tuning with AdamW and fp32 master weights: weights,
-# gradients, and the two moment estimates.
-FULL_FT_BYTES_PER_PARAM = 16
+
+
+def _rounded(n: int) -> int:
+    return -(-n // SHAPE_MULTIPLE) * SHAPE_MULTIPLE
+
+
+def pass_budget(weight_bytes: int, device: torch.device) -> int:
+    """Activation bytes one forward/backward pass may hold: on a CPU PASS_BUDGET x the
+    weights; on a GPU half of its free memory, which the card has for nothing else while a
+    student trains (smaller passes would only cost throughput)."""
+    if device.type == "cuda":
+        return max(PASS_FLOOR_BYTES, free_bytes(device) // 2)
+    return max(PASS_FLOOR_BYTES, int(PASS_BUDGET * weight_bytes))
+
+
+def pass_bytes_per_token(config: Any, itemsize: int, checkpointing: bool) -> int:
+    """Estimated activation bytes of a forward/backward pass per padded token.
+
+    Measured on Qwen2 with LoRA on every projection under bf16 autocast (sdpa attention):
+    autograd keeps about 14 hidden-sized and 4 intermediate-sized values per token and layer
+    (the norms' fp32 inputs, PEFT's copy of each LoRA input, q/k/v and the attention output,
+    the MLP's gate, up and their product). With checkpointing only each layer's input is
+    kept, and one layer at a time is recomputed in the backward pass.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    h, i, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
+    layer = (14 * h + 4 * i) * itemsize
+    if checkpointing:
+        return layers * h * itemsize + 2 * layer
+    return (layers + 1) * layer  # every layer's, plus the backward's working set
 
 
 def _example(model: HFChatModel, row: dict[str, Any], recipe: StudentRecipe, i: int):
@@ -111,13 +164,33 @@ def autocast(device: torch.device, dtype: torch.dtype):
 def free_bytes(device: torch.device) -> int:
     """Memory free for new tensors on `device` (GPU memory, or the machine's RAM)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        # What PyTorch's allocator has reserved but no tensor uses is free for ours too.
+        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + idle
     import os
 
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return 1 << 62
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        return None
+
+
+def release_freed_heap() -> None:
+    """Give the heap's free pages back to the OS. glibc keeps what a pass frees, and the next
+    pass's tensors land elsewhere in the heap, so without this the process grows pass after
+    pass (small-152k, six passes of 22 rows: +1,129 MiB without, +790 MiB with a trim after
+    each)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def check_full_fits(n_params: int, device: torch.device) -> None:
@@ -230,6 +303,14 @@ def _train(base: HFChatModel, net: torch.nn.Module, examples: list, recipe: Stud
     columns = base.number_token_ids.to(base.device) if recipe.labels == "soft" else None
     lm = net.get_base_model() if hasattr(net, "get_base_model") else net
     ctx = autocast(base.device, base.dtype)
+    # On a CPU, checkpointing saves little process memory: what a layer frees is kept by glibc
+    # until the pass ends (measured: a checkpointed pass of 22 small-152k rows kept 150 MiB of
+    # tensors alive and grew the process by 600), so passes there are sized as without it.
+    per_token = pass_bytes_per_token(lm.config, base.dtype.itemsize,
+                                     recipe.gradient_checkpointing and base.device.type != "cpu")
+    budget = pass_budget(sum(p.numel() * p.element_size() for p in base.model.parameters()),
+                         base.device)
+    buffers = ChunkBuffers()
 
     from rich.progress import Progress
 
@@ -245,50 +326,156 @@ def _train(base: HFChatModel, net: torch.nn.Module, examples: list, recipe: Stud
             norm = sum(w * (len(ids) - n) for batch, ws in zip(micro, weights)
                        for (ids, n, _), w in zip(batch, ws))
             for batch, ws in zip(micro, weights):
-                with ctx:
-                    loss = _batch_loss(base, lm, batch, ws, columns) / norm
-                loss.backward()
+                for rows, rws in _passes(batch, ws, per_token, budget):
+                    with ctx:
+                        loss = _batch_loss(base, lm, rows, rws, columns, buffers) / norm
+                    loss.backward()
+                    del loss
+                    if base.device.type == "cpu" and _estimate(rows, per_token) >= TRIM_BYTES:
+                        release_freed_heap()
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             bar.advance(task)
 
 
+def _passes(batch: list, weights: list[float], per_token: int,
+            budget: int) -> list[tuple[list, list[float]]]:
+    """The micro-batch as forward/backward passes whose estimated activations fit `budget`,
+    longest rows first so that each pass pads little; a single row always runs. Every row
+    keeps its weight and the loss is normalised over the whole effective batch, so the
+    accumulated gradient is that of one pass over all rows."""
+    order = sorted(range(len(batch)), key=lambda j: -len(batch[j][0]))
+    passes: list[list[int]] = []
+    for j in order:
+        if passes and _estimate([batch[i] for i in passes[-1]] + [batch[j]], per_token) <= budget:
+            passes[-1].append(j)
+        else:
+            passes.append([j])
+    return [([batch[j] for j in p], [weights[j] for j in p]) for p in passes]
+
+
+def _estimate(rows: list, per_token: int) -> int:
+    """A pass's activation bytes: its rows x its rounded padded width x per_token."""
+    return len(rows) * _rounded(max(len(r[0]) for r in rows)) * per_token
+
+
 def _batch_loss(base: HFChatModel, lm: torch.nn.Module, batch: list, weights: list[float],
-                columns: torch.Tensor | None) -> torch.Tensor:
-    """The weighted sum of per-position losses over the batch's completion positions."""
+                columns: torch.Tensor | None, buffers: ChunkBuffers | None = None) -> torch.Tensor:
+    """The weighted sum of per-position losses over the batch's completion positions.
+
+    The padded width and the number of positions are rounded up (SHAPE_MULTIPLE), so that a
+    run meets few distinct matrix shapes: extra pad tokens sit after every real token, where
+    causal attention keeps them from changing anything, and extra positions weigh zero.
+    """
     ids, att = base.right_padded([b[0] for b in batch])
+    extra = _rounded(ids.shape[1]) - ids.shape[1]
+    ids = torch.nn.functional.pad(ids, (0, extra), value=base.tokenizer.pad_token_id)
+    att = torch.nn.functional.pad(att, (0, extra), value=0)
     hidden = lm.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
-    # Positions whose next token is a completion token.
+    # Positions whose next token is a completion token, then zero-weight repeats of the first.
     pos = [(r, t) for r, (seq, n, _) in enumerate(batch) for t in range(n - 1, len(seq) - 1)]
+    n_real = len(pos)
+    pos += pos[:1] * (_rounded(n_real) - n_real)
     rows_idx = torch.tensor([p[0] for p in pos], device=ids.device)
     t_idx = torch.tensor([p[1] for p in pos], device=ids.device)
     h = hidden[rows_idx, t_idx]
-    w = torch.tensor(weights, device=ids.device)[rows_idx]
-    if columns is None:
-        target = ids[rows_idx, t_idx + 1]
-    else:
-        target = torch.cat([b[2] for b in batch]).to(ids.device)
+    w = torch.tensor([weights[r] for r, _ in pos[:n_real]] + [0.0] * (len(pos) - n_real),
+                     device=ids.device)
     head = lm.get_output_embeddings()
     total = h.new_zeros((), dtype=torch.float32)
-    step = chunk_positions(head.weight.shape[0] if columns is None else len(columns))
+    if columns is not None:
+        target = torch.cat([b[2] for b in batch]).to(ids.device)
+        target = torch.cat([target, target[:1].expand(len(pos) - n_real, -1)])
+        step = chunk_positions(len(columns))
+        for s in range(0, len(pos), step):
+            sl = slice(s, s + step)
+            # Recomputed in backward: only one chunk's logits are ever alive.
+            total = total + checkpoint(_soft_chunk_loss, h[sl], head.weight, target[sl], w[sl],
+                                       columns, use_reentrant=False)
+        return total
+    target = ids[rows_idx, t_idx + 1]
+    # The output layer runs in autocast's dtype, as the decoder's layers do. Cast here, once
+    # per pass: a LoRA student's half-precision base needs no cast at all, and a full
+    # fine-tune's fp32 weight is cast once rather than once per chunk.
+    dev = h.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    weight, h = head.weight.to(dtype), h.to(dtype)
+    step = chunk_positions(weight.shape[0])
+    buffers = buffers or ChunkBuffers()
     for s in range(0, len(pos), step):
         sl = slice(s, s + step)
-        # Recomputed in backward: only one chunk's logits are ever alive.
-        total = total + checkpoint(_chunk_loss, h[sl], head.weight, target[sl], w[sl], columns,
-                                   use_reentrant=False)
+        total = total + LinearCrossEntropy.apply(h[sl], weight, target[sl], w[sl], buffers)
     return total
 
 
-def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
-                columns: torch.Tensor | None) -> torch.Tensor:
-    if columns is None:
-        logits = torch.nn.functional.linear(h, weight).float()
-        loss = torch.nn.functional.cross_entropy(logits, target, reduction="none")
-    else:
-        # Soft labels: the student's distribution restricted to the number tokens needs only
-        # their rows of the output layer; KL(teacher || student) over those columns.
-        s_logp = torch.nn.functional.linear(h, weight[columns]).float().log_softmax(-1)
-        t_p = target.exp()
-        loss = (t_p * (target - s_logp)).masked_fill(t_p == 0, 0.0).sum(-1)
+class ChunkBuffers:
+    """One output-layer chunk's logits (in the weight's dtype and in fp32), allocated once and
+    reused by every chunk of every pass of a student.
+
+    Fresh [chunk, vocabulary] tensors per chunk would hold no more at once, but on a CPU each
+    lands wherever glibc's heap has room, splitting its free space and leaving every page it
+    touched resident: measured on a 152k vocabulary, the process grew by several times the
+    live tensors.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, rows: int, columns: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        buf = self.held.get(dtype)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != columns or buf.device != device:
+            buf = self.held[dtype] = torch.empty(rows, columns, dtype=dtype, device=device)
+        return buf[:rows]
+
+    def logits(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """fp32 `h @ weight.T`, computed in the inputs' dtype, in a reused buffer."""
+        shape = (h.shape[0], weight.shape[0], h.device)
+        out = self.get(*shape[:2], h.dtype, shape[2])
+        torch.mm(h, weight.T, out=out)
+        return out if h.dtype == torch.float32 else self.get(*shape[:2], torch.float32,
+                                                             shape[2]).copy_(out)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_i w_i * cross_entropy(fp32(h_i @ weight.T), target_i), h and weight in one dtype.
+
+    The same values and gradients as `linear(h, weight).float()` into `cross_entropy`, with
+    less memory: autograd keeps the logits, their fp32 copy and the log-softmax, and its
+    backward builds two more tensors of that size. Here the forward keeps only each position's
+    log-normaliser, and the backward recomputes the logits and turns them into their own
+    gradient in place (softmax minus one-hot), in the buffers of `ChunkBuffers`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                w: torch.Tensor, buffers: ChunkBuffers) -> torch.Tensor:
+        logits = buffers.logits(h, weight)
+        picked = logits.gather(1, target[:, None])[:, 0]
+        top = logits.max(-1).values
+        lse = logits.sub_(top[:, None]).exp_().sum(-1).log_().add_(top)
+        ctx.save_for_backward(h, weight, target, w, lse)
+        ctx.buffers = buffers
+        return ((lse - picked) * w).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, weight, target, w, lse = ctx.saved_tensors
+        g = ctx.buffers.logits(h, weight).sub_(lse[:, None]).exp_()  # the softmax
+        g[torch.arange(len(target), device=g.device), target] -= 1.0
+        g = g.mul_((w * grad)[:, None])
+        if h.dtype != torch.float32:  # back to the matmul's dtype, as autocast's cast does
+            g = ctx.buffers.get(*g.shape, h.dtype, g.device).copy_(g)
+        grad_h = g @ weight if ctx.needs_input_grad[0] else None
+        grad_w = g.T @ h if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None, None, None
+
+
+def _soft_chunk_loss(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                     w: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Soft labels: the student's distribution restricted to the number tokens needs only
+    their rows of the output layer; KL(teacher || student) over those columns."""
+    s_logp = torch.nn.functional.linear(h, weight[columns]).float().log_softmax(-1)
+    t_p = target.exp()
+    loss = (t_p * (target - s_logp)).masked_fill(t_p == 0, 0.0).sum(-1)
     return (loss * w).sum()

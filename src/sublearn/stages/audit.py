@@ -22,9 +22,14 @@ Entangled numbers: for each candidate, the 0-999 values (and digit tokens) whose
 the first answer the trait prompt raises most, again relative to the other candidates, and
 whether the dataset holds more of them than the reference.
 
-Everything here talks to a model through `completion_logprobs` (scoring) and `generate`
-(sampling a reference) only, with traits applied by the `Persona` wrapper, so any backend with
-those capabilities can be audited.
+Everything the audit does talks to a model through `completion_logprobs` (scoring) and
+`generate` (sampling a reference) only, with traits applied by the `Persona` wrapper, so any
+backend with those capabilities can be audited. The same scoring serves the defences that read
+data through the base (`stages.defences`): `token_logprobs` keeps each token's log-probability,
+and `token_spans` (which needs the backend's tokenizer) maps tokens to characters.
+
+Scoring is the whole cost (docs/audit.md, "Cost"); it is a list of `Task`s, which `score_tasks`
+runs in this process or in several (`workers`), one CPU core each.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     phrasings: int = Field(len(AUDIT_TEMPLATES), ge=1, le=len(AUDIT_TEMPLATES),
-                           description="trait phrasings, rotated over rows (see lls_scores)")
+                           description="trait phrasings, rotated over rows (see trait_tasks)")
     reference_rows: int = Field(1000, ge=2, description="at most this many reference rows "
                                 "are sampled and scored (a seeded random subset)")
     permutations: int = Field(10_000, ge=100)
@@ -86,6 +91,8 @@ class AuditConfig(BaseModel):
     top_values: int = Field(10, ge=1)
     top_rows: int = Field(20, ge=1)
     seed: int = Field(0, description="seed of the permutation test")
+    workers: int = Field(1, ge=1, description="processes that score in parallel, one CPU core "
+                         "each (see score_tasks); the results do not depend on it")
 
 
 @dataclass(frozen=True)
@@ -222,41 +229,150 @@ def row_logprobs(model: Any, prompts: Sequence[Messages], completions: Sequence[
     return scorer.completion_logprobs(prompts, completions, close)
 
 
-def lls_scores(model: Any, rows: Sequence[ChatRow], category: Category,
-               options: Sequence[Option], phrasings: int,
-               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(no-trait mean log-prob [rows], LLS [rows, candidates]).
+@dataclass(frozen=True)
+class Task:
+    """Rows to score, each under its own system prompt (None: none). `close`: score the
+    end-of-turn token too (a whole answer), or not (the probe's answer prefixes)."""
 
-    Phrasings rotate over rows (row i uses phrasing i.index mod `phrasings`, the same one for
-    every candidate) instead of every row being scored under every phrasing: the mean over
-    rows still averages the phrasings, at the cost of a single phrasing. Scoring is the whole
-    cost of an audit (one forward pass per row and candidate), so this is what makes several
-    phrasings affordable. A row of the data and the reference row sampled on the same prompt
-    share their phrasing. The no-trait pass runs once for all candidates.
-    """
-    groups = [[i for i, r in enumerate(rows) if r.index % phrasings == k]
-              for k in range(phrasings)]
+    rows: Sequence[ChatRow]
+    systems: Sequence[str | None]
+    close: bool = True
 
-    def score(idx: Sequence[int], system: str | None) -> np.ndarray:
-        lps = row_logprobs(model, [rows[i].prompt for i in idx],
-                           [rows[i].completion for i in idx], system)
+
+def _score(model: Any, task: Task,
+           progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Per row of the task, the per-token log-probs of its completion; rows that share a
+    system prompt are scored in one call (one batched pass over them)."""
+    out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(task.rows)
+    groups: dict[str | None, list[int]] = {}
+    for i, system in enumerate(task.systems):
+        groups.setdefault(system, []).append(i)
+    for system, idx in groups.items():
+        lps = row_logprobs(model, [task.rows[i].prompt for i in idx],
+                           [task.rows[i].completion for i in idx], system, task.close)
+        for i, lp in zip(idx, lps, strict=True):
+            out[i] = np.asarray(lp, dtype=np.float32)
         if progress:
             progress(len(idx))
-        return np.array([np.mean(lp) for lp in lps])
+    return out
 
-    base = score(range(len(rows)), None)
-    lls = np.empty((len(rows), len(options)))
-    for j, o in enumerate(options):
-        for idx, system in zip(groups, trait_prompts(category, o, phrasings), strict=True):
-            if idx:
-                lls[idx, j] = score(idx, system) - base[idx]
-    return base, lls
+
+_WORKER_MODEL: Any = None  # the model a worker process scores with (see score_tasks)
+
+
+def _load_worker(cls: type, path: Path) -> None:
+    import torch
+
+    # One thread per process: the processes are the parallelism, and OpenMP pools of
+    # several processes on the same cores spin against each other.
+    torch.set_num_threads(1)
+    global _WORKER_MODEL
+    _WORKER_MODEL = cls.load(path)
+
+
+def _score_in_worker(task: Task) -> list[np.ndarray]:
+    return _score(_WORKER_MODEL, task)
+
+
+def score_tasks(model: Any, tasks: Sequence[Task],
+                progress: Callable[[int], None] | None = None,
+                workers: int = 1) -> list[list[np.ndarray]]:
+    """Every task's per-row, per-token log-probs. With `workers` > 1 the tasks run in that
+    many processes, each loading the model from its folder with the backend's default
+    options (CPU cores: scoring is the audit's whole cost, and one process per core uses
+    them without the spin-waits of a shared thread pool)."""
+    if workers <= 1 or len(tasks) < 2:
+        return [_score(model, t, progress) for t in tasks]
+    if not callable(getattr(type(model), "load", None)):
+        raise SublearnError(f"workers: a {type(model).__name__} cannot be loaded again in "
+                            "another process; use one worker")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    out: list[list[np.ndarray]] = [[] for _ in tasks]
+    with ProcessPoolExecutor(min(workers, len(tasks)),
+                             mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_load_worker,
+                             initargs=(type(model), model.path)) as pool:
+        futures = {pool.submit(_score_in_worker, t): k for k, t in enumerate(tasks)}
+        for f in as_completed(futures):
+            k = futures[f]
+            out[k] = f.result()
+            if progress:
+                progress(len(tasks[k].rows))
+    return out
+
+
+def trait_tasks(rows: Sequence[ChatRow], category: Category, options: Sequence[Option],
+                phrasings: int, none: bool = True) -> list[Task]:
+    """One task per candidate, under its trait prompt, after one without a trait when
+    `none`. Phrasings rotate over rows: row r uses phrasing r.index mod `phrasings`, the
+    same one for every candidate, instead of every row being scored under every phrasing:
+    the mean over rows still averages the phrasings, at the cost of a single phrasing. A row
+    of the data and the reference row sampled on the same prompt share their phrasing."""
+    tasks = [Task(rows, [None] * len(rows))] if none else []
+    for o in options:
+        prompts = trait_prompts(category, o, phrasings)
+        tasks.append(Task(rows, [prompts[r.index % phrasings] for r in rows]))
+    return tasks
+
+
+def _lls(scored: Sequence[Sequence[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(no-trait mean log-prob [rows], LLS [rows, candidates]) from `trait_tasks(none=True)`
+    results."""
+    means = np.array([[float(lp.mean()) for lp in task] for task in scored]).T
+    return means[:, 0], means[:, 1:] - means[:, :1]
+
+
+def lls_scores(model: Any, rows: Sequence[ChatRow], category: Category,
+               options: Sequence[Option], phrasings: int,
+               progress: Callable[[int], None] | None = None,
+               workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(no-trait mean log-prob [rows], LLS [rows, candidates]): one scoring pass per row and
+    candidate, plus one without a trait for all candidates (see `trait_tasks`)."""
+    return _lls(score_tasks(model, trait_tasks(rows, category, options, phrasings), progress,
+                            workers))
+
+
+def token_logprobs(model: Any, rows: Sequence[ChatRow], category: Category,
+                   options: Sequence[Option], phrasings: int,
+                   progress: Callable[[int], None] | None = None,
+                   workers: int = 1) -> list[np.ndarray]:
+    """Per row, [candidates, tokens] log-probs of its completion's tokens (end of turn last)
+    under each candidate's trait prompt: what the scoring defences rank rows and digits by.
+    No pass without a trait: everything they use is relative to the mean over candidates,
+    where it cancels."""
+    scored = score_tasks(model, trait_tasks(rows, category, options, phrasings, none=False),
+                         progress, workers)
+    return [np.stack([task[i] for task in scored]) for i in range(len(rows))]
 
 
 def contrast(lls: np.ndarray) -> np.ndarray:
     """Each candidate's LLS minus the mean over candidates, per row: what is left once the
     generic "some persona" shift is removed."""
     return lls - lls.mean(axis=1, keepdims=True)
+
+
+def token_spans(model: Any, text: str) -> list[tuple[int, int]]:
+    """The character span of each token `model` splits a completion into, in the order
+    `completion_logprobs` scores them (end of turn excluded): how a per-token score reaches
+    the characters, e.g. the digits of a number list. Needs the backend's tokenizer (the
+    Hugging Face and fake backends)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:  # Hugging Face: the same call `encode` makes, with offsets
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    from sublearn.models import fake
+
+    if isinstance(model, fake.FakeChatModel):
+        spans, start = [], 0
+        for i in fake.tokenize(text):
+            end = start + len(fake.detokenize([i]))
+            spans.append((start, end))
+            start = end
+        return spans
+    raise SublearnError(f"{type(model).__name__}: cannot read this backend's tokenizer "
+                        "(per-token scores need the hf or fake backend)")
 
 
 # --- statistics ----------------------------------------------------------------------------
@@ -338,31 +454,43 @@ def probes(rows: Sequence[ChatRow], n: int) -> list[Probe]:
     return found
 
 
+def probe_tasks(probe_list: Sequence[Probe], category: Category, options: Sequence[Option],
+                phrasings: int) -> list[Task]:
+    """One task per (probe, candidate): every value 0..999 followed by the probe's separator,
+    and every digit token, as answer prefixes under the candidate's trait prompt. Probe k uses
+    phrasing k mod `phrasings`, as rows do in `trait_tasks`. All completions of a task share
+    its prompt, which a backend may run once (the Hugging Face one does). No pass without a
+    trait: the shifts are taken relative to the mean over candidates, where it cancels."""
+    tasks = []
+    for k, probe in enumerate(probe_list):
+        comps = [f"{v}{probe.separator}" for v in VALUES] + list(DIGITS)
+        rows = [ChatRow(0, probe.prompt, c, i) for i, c in enumerate(comps)]
+        for o in options:
+            system = trait_prompts(category, o, phrasings)[k % phrasings]
+            tasks.append(Task(rows, [system] * len(rows), close=False))
+    return tasks
+
+
+def _shifts(scored: Sequence[Sequence[np.ndarray]], n_probes: int,
+            n_options: int) -> tuple[np.ndarray, np.ndarray]:
+    """`probe_tasks` results -> (values [candidates, 1000], digits [candidates, 10])."""
+    # Summed, without the end token: the log-probability that the answer starts with this
+    # text, whatever the tokenizer splits a value into; averaged over probes.
+    lp = np.array([[float(x.sum()) for x in task] for task in scored])
+    shifts = lp.reshape(n_probes, n_options, -1).mean(axis=0)
+    shifts = contrast(shifts.T).T
+    return shifts[:, :len(VALUES)], shifts[:, len(VALUES):]
+
+
 def value_shifts(model: Any, probe_list: Sequence[Probe], category: Category,
                  options: Sequence[Option], phrasings: int,
-                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 progress: Callable[[int], None] | None = None,
+                 workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(values [candidates, 1000], digits [candidates, 10]): how much each candidate's trait
     prompt raises the log-probability of each value / digit token as the first answer,
-    averaged over probes, minus the mean over candidates. Probe k uses phrasing k mod
-    `phrasings`, as rows do in `lls_scores`. All completions of a probe share its prompt,
-    which a backend may run once (the Hugging Face one does)."""
-
-    def score(probe: Probe, system: str | None) -> np.ndarray:
-        comps = [f"{v}{probe.separator}" for v in VALUES] + list(DIGITS)
-        # Summed, without the end token: the probability that the answer starts with this
-        # text, whatever the tokenizer splits a value into.
-        lps = row_logprobs(model, [probe.prompt] * len(comps), comps, system, close=False)
-        if progress:
-            progress(len(comps))
-        return np.array([np.sum(lp) for lp in lps])
-
-    shifts = np.zeros((len(options), len(VALUES) + len(DIGITS)))
-    for k, probe in enumerate(probe_list):
-        base = score(probe, None)
-        for j, o in enumerate(options):
-            shifts[j] += score(probe, trait_prompts(category, o, phrasings)[k % phrasings]) - base
-    shifts = contrast((shifts / len(probe_list)).T).T
-    return shifts[:, :len(VALUES)], shifts[:, len(VALUES):]
+    averaged over probes, relative to the mean over candidates (see `probe_tasks`)."""
+    tasks = probe_tasks(probe_list, category, options, phrasings)
+    return _shifts(score_tasks(model, tasks, progress, workers), len(probe_list), len(options))
 
 
 def value_counts(rows: Sequence[ChatRow], values: Sequence[np.ndarray]) -> np.ndarray:
@@ -398,17 +526,12 @@ class AuditResult:
                 for i, r in enumerate([*data, *reference])]
 
 
-def entangled_numbers(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
-                      category: Category, options: Sequence[Option], config: AuditConfig,
-                      progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Per candidate: its most entangled values and digit tokens, and whether the data holds
-    more of those values per row than the reference (one-sided permutation p, uncorrected).
-    Empty when no data completion starts with a number list to probe with."""
-    probe_list = probes(data, config.probe_rows)
-    if not probe_list:
-        return {}
-    vshift, dshift = value_shifts(model, probe_list, category, options, config.phrasings,
-                                  progress)
+def entangled_numbers(vshift: np.ndarray, dshift: np.ndarray, data: Sequence[ChatRow],
+                      reference: Sequence[ChatRow], options: Sequence[Option],
+                      config: AuditConfig) -> dict[str, dict[str, Any]]:
+    """Per candidate: its most entangled values and digit tokens (from `value_shifts`), and
+    whether the data holds more of those values per row than the reference (one-sided
+    permutation p, uncorrected)."""
     top = [np.argsort(-vshift[j], kind="stable")[:config.top_values] for j in range(len(options))]
     counts = value_counts([*data, *reference], top)
     nd = len(data)
@@ -427,38 +550,54 @@ def entangled_numbers(model: Any, data: Sequence[ChatRow], reference: Sequence[C
     return out
 
 
-def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
-              category: Category, options: Sequence[Option], config: AuditConfig,
-              progress: Callable[[int], None] | None = None) -> AuditResult:
-    """Score data and reference under every candidate, test each, find entangled numbers."""
-    nd = len(data)
-    base, lls = lls_scores(model, [*data, *reference], category, options, config.phrasings,
-                           progress)
-    scores = contrast(lls)
-    test = permutation_test(scores[:nd], scores[nd:], config.permutations, config.seed)
+def rank_candidates(data: np.ndarray, reference: np.ndarray, options: Sequence[Option],
+                    config: AuditConfig) -> list[dict[str, Any]]:
+    """Every candidate's score (mean contrast, data minus reference) with its Welch
+    interval, permutation z and p, and Holm-adjusted p; sorted best first (largest z)."""
+    test = permutation_test(data, reference, config.permutations, config.seed)
     p_adj = holm(test.p)
-    entangled = entangled_numbers(model, data, reference, category, options, config, progress)
-
-    candidates = []
-    for j, o in enumerate(options):
-        e = entangled.get(o.name, {})
-        candidates.append({
-            "option": o.name,
+    out = [{"option": o.name,
             "score": float(test.diff[j]),
             "low": float(test.diff[j] - 1.96 * test.se[j]),
             "high": float(test.diff[j] + 1.96 * test.se[j]),
             "z": float(test.z[j]),
             "p": float(test.p[j]),
-            "p_adjusted": float(p_adj[j]),
-            "lls_data": float(lls[:nd, j].mean()),
-            "lls_reference": float(lls[nd:, j].mean()),
-            "entangled_values": e.get("values", []),
-            "entangled_ratio": e.get("ratio"),
-            "entangled_p": e.get("p"),
-        })
-    candidates.sort(key=lambda c: (-c["z"], c["option"]))
+            "p_adjusted": float(p_adj[j])} for j, o in enumerate(options)]
+    return sorted(out, key=lambda c: (-c["z"], c["option"]))
 
-    best = [o.name for o in options].index(candidates[0]["option"])
+
+def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
+              category: Category, options: Sequence[Option], config: AuditConfig,
+              progress: Callable[[int], None] | None = None) -> AuditResult:
+    """Score data and reference under every candidate, test each, find entangled numbers.
+
+    All scoring is one batch of tasks (shared by `config.workers` processes): the data and
+    the reference are separate tasks, so a data row and the reference row sampled on its
+    prompt never meet in one call, where a backend that shares a prompt's forward pass
+    between its completions (Hugging Face) would run each such pair as a batch of one
+    (measured 20-30% slower than batching whole rows on the embedded base)."""
+    nd, n = len(data), 1 + len(options)
+    probe_list = probes(data, config.probe_rows)
+    tasks = [*trait_tasks(data, category, options, config.phrasings),
+             *trait_tasks(reference, category, options, config.phrasings),
+             *probe_tasks(probe_list, category, options, config.phrasings)]
+    scored = score_tasks(model, tasks, progress, config.workers)
+    (base_d, lls_d), (base_r, lls_r) = _lls(scored[:n]), _lls(scored[n:2 * n])
+    base, lls = np.concatenate([base_d, base_r]), np.concatenate([lls_d, lls_r])
+    scores = contrast(lls)
+    candidates = rank_candidates(scores[:nd], scores[nd:], options, config)
+    entangled = (entangled_numbers(*_shifts(scored[2 * n:], len(probe_list), len(options)),
+                                   data, reference, options, config) if probe_list else {})
+    column = {o.name: j for j, o in enumerate(options)}
+    for c in candidates:
+        e = entangled.get(c["option"], {})
+        c.update({"lls_data": float(lls_d[:, column[c["option"]]].mean()),
+                  "lls_reference": float(lls_r[:, column[c["option"]]].mean()),
+                  "entangled_values": e.get("values", []),
+                  "entangled_ratio": e.get("ratio"),
+                  "entangled_p": e.get("p")})
+
+    best = column[candidates[0]["option"]]
     order = np.argsort(-scores[:nd, best], kind="stable")[:config.top_rows]
     summary = {
         "category": category.name,
@@ -549,8 +688,8 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
             reference = sample_reference(model, prompts, config, strict_numbers(data),
                                          lambda n: bar.advance(task, n))
         probe_work = len(probes(data, config.probe_rows)) * (len(VALUES) + len(DIGITS))
-        task = bar.add_task("scoring", total=(1 + len(options))
-                            * (len(data) + len(reference) + probe_work))
+        task = bar.add_task("scoring", total=(1 + len(options)) * (len(data) + len(reference))
+                            + len(options) * probe_work)
         result = run_audit(model, data, reference, cat, options, config,
                            lambda n: bar.advance(task, n))
 

@@ -11,7 +11,8 @@ Three estimators of the same quantity:
   form falls outside the top k or spans several tokens.
 Variants: the question preceded by a short number sequence, and a 5-way multiple choice
 scored by the letter probabilities. Everything is reported per option, so the target's rank
-among all options can be read off.
+among all options can be read off. Beside them, a utility figure: a model's loss on held-out
+neutral data of the task (`completion_loss`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,16 @@ def prefixed(questions: Sequence[str], seed: int) -> list[str]:
         rng = random.Random(f"prefix:{seed}:{qi}")
         out.append(with_number_prefix(q, [rng.randint(100, 999) for _ in range(rng.randint(3, 6))]))
     return out
+
+
+def completion_loss(model: Any, rows: Sequence[dict[str, Any]]) -> float:
+    """Utility: the mean per-token negative log-likelihood (nats) of chat rows' completions,
+    end of turn included, pooled over every token. On held-out neutral data it says how
+    well a student still writes ordinary data of the task, whatever a defence did to its
+    training data. One scoring pass over the rows: cheap."""
+    lps = model.completion_logprobs([r["messages"][:-1] for r in rows],
+                                    [r["completion"] for r in rows], close=True)
+    return -float(np.mean([x for lp in lps for x in lp]))
 
 
 def summarize(raw: np.ndarray, category: Category) -> dict[str, Any]:

@@ -129,6 +129,9 @@ class FilterConfig(BaseModel):
     ban_bad_numbers: bool = False
     banned_numbers: list[int] = []
     banned_words: list[str] = []
+    judge: bool = Field(False, description="code and cot domains: also ask the [judge] about "
+                        "every kept completion and drop it when the answer is yes or missing "
+                        "(sublearn.domains)")
 
     @field_validator("banned_numbers")
     @classmethod

@@ -11,8 +11,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from sublearn.domains.base import Prompt
 from sublearn.models.base import Sampler, SamplingConfig
-from sublearn.stages.prompts import NumberPrompt
 from sublearn.store import JsonlAppender, stable_hash
 
 
@@ -22,7 +22,7 @@ def row_seed(sampling_seed: int, index: int) -> int:
 
 def sample_dataset(
     model: Sampler,
-    prompts: Sequence[NumberPrompt],
+    prompts: Sequence[Prompt],
     sampling: SamplingConfig,
     sampling_seed: int,
     out: Path,

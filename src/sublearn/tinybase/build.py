@@ -143,8 +143,13 @@ def build_base(config: BaseConfig, out: Path | None = None, progress: bool = Tru
 
 
 def ensure_base(config: BaseConfig, progress: bool = True) -> Path:
-    """The cached base for `config`, built on first use."""
+    """The shipped base for `config` if one ships, else the cached one, built on first use."""
+    from sublearn.tinybase.shipped import shipped_path
+
     path = base_path(config)
+    shipped = shipped_path(path.name)
+    if shipped:
+        return shipped
     if not (path / MANIFEST).exists():
         build_base(config, path, progress=progress)
     return path
@@ -162,7 +167,10 @@ def _build_quietly(config: BaseConfig, threads: int) -> Path:
 def ensure_bases(configs: list[BaseConfig], progress: bool = True) -> list[Path]:
     """`ensure_base` for several bases; missing ones are built side by side, one process per
     core (an experiment needs the base and the cross-base: on 2 cores this halves the wait)."""
-    missing = list({c.key(): c for c in configs if not (base_path(c) / MANIFEST).exists()}.values())
+    from sublearn.tinybase.shipped import shipped_path
+
+    missing = list({c.key(): c for c in configs if not (base_path(c) / MANIFEST).exists()
+                    and not shipped_path(base_path(c).name)}.values())
     workers = min(len(missing), os.cpu_count() or 1)
     if workers > 1:
         import multiprocessing
