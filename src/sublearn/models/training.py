@@ -304,8 +304,9 @@ def _train(base: HFChatModel, net: torch.nn.Module, examples: list, recipe: Stud
     lm = net.get_base_model() if hasattr(net, "get_base_model") else net
     ctx = autocast(base.device, base.dtype)
     # On a CPU, checkpointing saves little process memory: what a layer frees is kept by glibc
-    # until the pass ends (measured: a checkpointed pass of 22 small-152k rows kept 150 MiB of
-    # tensors alive and grew the process by 600), so passes there are sized as without it.
+    # until the pass ends (measured: a checkpointed pass of 22 small-152k rows kept 150-220 MiB
+    # of tensors alive and grew the process by 500-700 MiB), so passes there are sized as
+    # without it.
     per_token = pass_bytes_per_token(lm.config, base.dtype.itemsize,
                                      recipe.gradient_checkpointing and base.device.type != "cpu")
     budget = pass_budget(sum(p.numel() * p.element_size() for p in base.model.parameters()),
