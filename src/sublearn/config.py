@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from sublearn.design import ArmSpec, ComparisonSpec, Design, build_design
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, first_field_error
 from sublearn.judges import JudgeConfig
 from sublearn.models.base import SamplingConfig
 from sublearn.models.recipe import StudentRecipe
@@ -428,10 +428,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        where, msg = first_field_error(e)
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise SublearnError(f"{p}: field {where}: {first['msg']}{more}") from None
+        raise SublearnError(f"{p}: field {where or '(top level)'}: {msg}{more}") from None
     except SublearnError as e:
         raise SublearnError(f"{p}: {e}") from None
 

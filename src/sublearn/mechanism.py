@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from sublearn import stats
 from sublearn.config import ExperimentConfig, ModelSpec, load_config
 from sublearn.design import DATASETS
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, first_field_error
 from sublearn.models.base import check_model_folder, load_model
 from sublearn.questions import Category, Option, get_category, get_option
 from sublearn.results_model import Model
@@ -104,9 +104,8 @@ def run_config(run_dir: Path, config: Path | None = None,
     try:
         return ExperimentConfig.model_validate(fields)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "(top level)"
-        raise SublearnError(f"{path}: config field {where}: {first['msg']}") from None
+        where, msg = first_field_error(e)
+        raise SublearnError(f"{path}: config field {where or '(top level)'}: {msg}") from None
 
 
 def _init_path(spec: ModelSpec) -> Path:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sublearn.auxlogit.config import AuxLogitConfig
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, first_field_error
 from sublearn.stats import Difference, Interval, difference, mean_ci, paired_difference
 from sublearn.store import read_json, write_text
 
@@ -175,9 +175,8 @@ class Record(Model):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "(top level)"
-            raise SublearnError(f"{path}: field {where}: {first['msg']}") from None
+            where, msg = first_field_error(e)
+            raise SublearnError(f"{path}: field {where or '(top level)'}: {msg}") from None
 
 
 class Results(Record):

@@ -43,7 +43,7 @@ from sublearn.config import (
     read_toml,
     set_dotted,
 )
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, first_field_error
 from sublearn.pipeline import STAGE_VERSIONS, Experiment
 from sublearn.report import bar_chart
 from sublearn.results import LABELS, summary_table
@@ -215,9 +215,8 @@ def point_name(config_name: str, values: dict[str, Any]) -> str:
 
 def _grid_error(source: str, name: str, values: dict[str, Any], e: ValidationError) -> str:
     """Name the grid entry at fault when the failing field is (inside) a swept key."""
-    first = e.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
+    loc, msg = first_field_error(e)
+    msg = msg.removeprefix("Value error, ")
     for key, value in values.items():
         if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
             return f"{source}: grid {key}={value!r}: field {loc}: {msg}"
