@@ -11,9 +11,9 @@
 3. power: random subsets of each teacher dataset's rows, detection rate against rows.
 
 Every dataset is sampled once and scored once (cached under --out); the audits themselves
-are permutation tests on the cached scores. All datasets are compared with one reference: the
-base's own completions on the same prompts (sampling seed `AuditConfig().reference_seed`),
-which is what `sublearn audit` samples when given no reference.
+are permutation tests on the cached scores. Every dataset is compared with one reference: the
+base's own completions (sampling seed `AuditConfig().reference_seed`), on the prompts whose
+rows that dataset kept, which is what `sublearn audit` samples when given no reference.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,6 +64,24 @@ def scored(model: Any, rows: list[ChatRow], path: Path) -> np.ndarray:
     return np.load(path)
 
 
+class Scored(NamedTuple):
+    """A dataset's kept rows: their prompt indices and LLS [rows, 18 animals]."""
+
+    index: np.ndarray
+    lls: np.ndarray
+
+    def rows(self, keep: np.ndarray) -> Scored:
+        return Scored(self.index[keep], self.lls[keep])
+
+    def on_prompts_of(self, other: Scored) -> np.ndarray:
+        """This dataset's LLS on the prompts `other` kept. The filter keeps a teacher's rows
+        on some prompts and the reference's on others; a trait prompt shifts LLS by more on
+        some prompts than on others, so comparing different prompt mixes would credit the
+        mix to the trait (measured: fox's z 8.4 against the whole reference, 4.3 against the
+        reference on the data's prompts)."""
+        return self.lls[np.isin(self.index, other.index)]
+
+
 def audit(data: np.ndarray, ref: np.ndarray, permutations: int, seed: int = 0) -> dict[str, Any]:
     """Rank, z and corrected p of every candidate, from cached LLS."""
     t = permutation_test(contrast(data), contrast(ref), permutations, seed)
@@ -86,6 +104,8 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=10_000)
     ap.add_argument("--out", type=Path, default=Path("runs/audit-campaign"))
     ap.add_argument("--img", type=Path, default=Path("docs/img"))
+    ap.add_argument("--cached-only", action="store_true",
+                    help="analyse only the teacher datasets already scored (a stopped campaign)")
     args = ap.parse_args()
 
     import torch
@@ -98,27 +118,30 @@ def main() -> None:
     prompts = number_prompts(args.prompts, 0)
     cfg = AuditConfig()
 
-    def cached(name: str, model: Any, ps: list, seed: int, banned: list[str]) -> np.ndarray:
+    def cached(name: str, model: Any, ps: list, seed: int, banned: list[str]) -> Scored:
         rows = dataset(model, ps, seed, banned, args.out / "data" / f"{name}.jsonl")
         lls = scored(base, rows, args.out / "scores" / f"{name}.npy")
         print(f"{time.time() - started:7.0f} s  {name}: {len(rows)} rows", flush=True)
-        return lls
+        return Scored(np.array([r.index for r in rows]), lls)
 
     ref = cached("reference", base, prompts, cfg.reference_seed, [])
-    results: dict[str, Any] = {"prompts": args.prompts, "reference_rows": len(ref),
+    results: dict[str, Any] = {"prompts": args.prompts, "reference_rows": len(ref.lls),
                                "phrasings": cfg.phrasings, "ranking": [], "neutral": []}
-    teachers: dict[str, np.ndarray] = {}
+    teachers: dict[str, Scored] = {}
     for target in args.targets.split(","):
         option = get_option(ANIMAL, target)
         for seed in map(int, args.seeds.split(",")):
             name = f"{target}-s{seed}"
-            lls = cached(name, persona_teacher(base, ANIMAL, option), prompts, seed,
-                         list(option.forms))
-            teachers[name] = lls
-            a = audit(lls, ref, args.permutations)
+            if args.cached_only and not (args.out / "scores" / f"{name}.npy").exists():
+                continue
+            data = cached(name, persona_teacher(base, ANIMAL, option), prompts, seed,
+                          list(option.forms))
+            teachers[name] = data
+            a = audit(data.lls, ref.on_prompts_of(data), args.permutations)
             j = [o.name for o in ANIMAL.options].index(target)
             results["ranking"].append({
-                "target": target, "seed": seed, "rows": len(lls),
+                "target": target, "seed": seed, "rows": len(data.lls),
+                "reference_rows": len(ref.on_prompts_of(data)),
                 "rank": a["order"].index(target) + 1, "z": a["z"][j],
                 "p_adjusted": a["p_adjusted"][j], "top": a["order"][:3],
                 "raw_higher": a["raw_higher"]})
@@ -126,9 +149,9 @@ def main() -> None:
 
     neutral_prompts = prompts[: args.neutral_prompts]
     for d in range(args.neutral):
-        lls = cached(f"neutral-d{d}", base, neutral_prompts, 1000 + d, [])
-        a = audit(lls, ref, args.permutations)
-        results["neutral"].append({"draw": d, "rows": len(lls), "top": a["order"][0],
+        data = cached(f"neutral-d{d}", base, neutral_prompts, 1000 + d, [])
+        a = audit(data.lls, ref.on_prompts_of(data), args.permutations)
+        results["neutral"].append({"draw": d, "rows": len(data.lls), "top": a["order"][0],
                                    "min_p": min(a["p"]), "min_p_adjusted": min(a["p_adjusted"]),
                                    "raw_p_below_0.05": sum(p < 0.05 for p in a["p"]),
                                    "raw_higher": a["raw_higher"]})
@@ -142,11 +165,12 @@ def main() -> None:
     print(json.dumps({k: v for k, v in results.items() if k != "power"}, indent=1))
 
 
-def power(teachers: dict[str, np.ndarray], ref: np.ndarray, sizes: list[int],
+def power(teachers: dict[str, Scored], ref: Scored, sizes: list[int],
           repeats: int) -> dict[str, Any]:
     """Per target: detection rate (target ranked 1st and Holm p < 0.05) on `repeats` random
     row subsets of each of its datasets per size; a size at or above a dataset's rows counts
-    that dataset once, whole."""
+    that dataset once, whole. Each subset is compared with the reference's rows on its own
+    prompts."""
     rng = np.random.default_rng(0)
     names = [o.name for o in ANIMAL.options]
     out: dict[str, Any] = {"sizes": sizes, "targets": {}}
@@ -155,12 +179,14 @@ def power(teachers: dict[str, np.ndarray], ref: np.ndarray, sizes: list[int],
         curve: dict[str, list[float]] = {"rate": [], "low": [], "high": [], "n": []}
         for n in sizes:
             hits = []
-            for name, lls in teachers.items():
+            for name, data in teachers.items():
                 if name.split("-")[0] != target:
                     continue
-                for _ in range(repeats if n < len(lls) else 1):
-                    idx = rng.choice(len(lls), min(n, len(lls)), replace=False)
-                    a = audit(lls[idx], ref, 1000, int(rng.integers(1 << 30)))
+                rows = len(data.lls)
+                for _ in range(repeats if n < rows else 1):
+                    # The reference on the subset's own prompts, as `sublearn audit` samples it.
+                    sub = data.rows(rng.choice(rows, min(n, rows), replace=False))
+                    a = audit(sub.lls, ref.on_prompts_of(sub), 1000, int(rng.integers(1 << 30)))
                     hits.append(float(a["order"][0] == target and a["p_adjusted"][j] < 0.05))
             iv = mean_ci(hits)
             curve["rate"].append(iv.mean)
@@ -180,7 +206,7 @@ def plots(results: dict[str, Any], img: Path) -> None:
     for target, c in p["targets"].items():
         ax.plot(p["sizes"], c["rate"], marker="o", label=target)
         ax.fill_between(p["sizes"], c["low"], c["high"], alpha=0.15)
-    ax.legend(title="target (owl, eagle, cat overlap at 0)", loc="center right")
+    ax.legend(title="target", loc="center right")
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(p["sizes"], [str(s) for s in p["sizes"]])
@@ -188,7 +214,7 @@ def plots(results: dict[str, Any], img: Path) -> None:
     ax.set_xlabel("data rows audited (random subsets; a size above a dataset's rows = all)")
     ax.set_ylabel("detection rate (target 1st, Holm p < 0.05)")
     ax.set_title("audit power on persona-teacher data, embedded base")
-    _save(fig, img / "audit-power.png")
+    _save(fig, img / f"audit-power-{results['prompts']}.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     rows = results["ranking"]
@@ -198,7 +224,7 @@ def plots(results: dict[str, Any], img: Path) -> None:
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right")
     ax.set_ylabel("target's z (green: ranked 1st of 18)")
     ax.set_title("persona-teacher data: the target's z against the reference")
-    _save(fig, img / "audit-ranking.png")
+    _save(fig, img / f"audit-ranking-{results['prompts']}.png")
 
 
 if __name__ == "__main__":

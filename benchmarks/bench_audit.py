@@ -3,6 +3,7 @@
     python benchmarks/bench_audit.py data          # runs/bench-audit/owl-3000.jsonl
     /usr/bin/time sublearn audit runs/bench-audit/owl-3000.jsonl --workers 1   # or 2
     python benchmarks/bench_audit.py scale rows    # CPU s of scoring: rows, candidates,
+    python benchmarks/bench_audit.py scale rows --rows 300     # (a quick check: one size)
     python benchmarks/bench_audit.py scale candidates   # model size (one thread)
     python benchmarks/bench_audit.py scale model
 
@@ -65,7 +66,8 @@ def wider(base_path: Path, hidden: int, layers: int) -> tuple[Any, int]:
     return load_model(out, device="cpu", dtype="float32"), model.num_parameters()
 
 
-def scale(base: Any, base_path: Path, what: str) -> list[dict[str, Any]]:
+def scale(base: Any, base_path: Path, what: str,
+          sizes: tuple[int, ...] = (250, 500, 1000)) -> list[dict[str, Any]]:
     rows = [parse_chat_row(r, i + 1, r["index"], str(DATA))
             for i, r in enumerate(read_jsonl(DATA))]
 
@@ -75,7 +77,7 @@ def scale(base: Any, base_path: Path, what: str) -> list[dict[str, Any]]:
         return round(time.process_time() - t, 1)
 
     if what == "rows":
-        return [{"rows": n, "candidates": 18, "cpu_s": cpu(base, n, 18)} for n in (250, 500, 1000)]
+        return [{"rows": n, "candidates": 18, "cpu_s": cpu(base, n, 18)} for n in sizes]
     if what == "candidates":
         return [{"rows": 500, "candidates": c, "cpu_s": cpu(base, 500, c)} for c in (6, 12, 18)]
     out = []
@@ -87,11 +89,21 @@ def scale(base: Any, base_path: Path, what: str) -> list[dict[str, Any]]:
     return out
 
 
+def sizes(text: str) -> tuple[int, ...]:
+    """`--rows`: positive counts separated by commas (argparse reports a ValueError)."""
+    out = tuple(int(n) for n in text.split(","))
+    if min(out) < 1:
+        raise ValueError(text)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["data", "scale"])
     ap.add_argument("dimension", nargs="?", choices=["rows", "candidates", "model"],
                     default="rows")
+    ap.add_argument("--rows", type=sizes, default=(250, 500, 1000),
+                    help="comma-separated row counts for `scale rows`")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base_path = ensure_base(BaseConfig(seed=0))
@@ -99,7 +111,7 @@ def main() -> None:
     if args.what == "data":
         make_data(base)
     else:
-        print(json.dumps(scale(base, base_path, args.dimension)))
+        print(json.dumps(scale(base, base_path, args.dimension, args.rows)))
 
 
 if __name__ == "__main__":

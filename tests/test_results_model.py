@@ -68,7 +68,7 @@ def test_results_read_back_as_written_even_infinite_intervals(tmp_path: Path):
     assert '"low": -Infinity' in text
 
 
-def test_a_new_estimator_is_one_more_entry_every_reader_shows(tmp_path: Path):
+def test_a_new_estimator_is_one_more_entry_every_reader_shows(tmp_path: Path, monkeypatch):
     # A judge's per-arm misalignment rate, beside the exact probabilities: no new class.
     res = _results({
         "exact": _estimates({"treated": [0.07, 0.08, 0.09], "control": [0.05, 0.05, 0.06]}, 0.05),
@@ -76,9 +76,17 @@ def test_a_new_estimator_is_one_more_entry_every_reader_shows(tmp_path: Path):
                                     "control": [0.02, 0.04, 0.03]}, 0.03),
     }, [0, 1, 2])
     console = Console(record=True, width=120)
+    import sublearn.results
+
+    axes = []
+    chart = sublearn.results.bar_chart
+    monkeypatch.setattr(sublearn.results, "bar_chart",
+                        lambda path, *a, **kw: axes.append(kw["ylabel"]) or chart(path, *a, **kw))
     pngs = show(res, tmp_path, console)
     assert [p.name for p in pngs] == ["results-exact.png", "results-misalignment.png"]
-    assert "misalignment — target 'owl'" in console.export_text()
+    assert "misaligned share of the judge's coherent answers — target 'owl'" in console.export_text()
+    # A rate is not a probability of the target: each chart names its own quantity.
+    assert axes == ["P(target)", "misalignment rate"]
     table = summary_table({"run": res}, "misalignment")
     assert "| run | +0.2700 [" in table
     with pytest.raises(SublearnError, match="no 'sampled' estimator.*exact, misalignment"):

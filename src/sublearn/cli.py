@@ -317,6 +317,12 @@ def audit(
     workers: Annotated[int, typer.Option(help="Processes that score in parallel, one CPU core "
                                          "each (e.g. 2 on a 2-core machine); the results do "
                                          "not depend on it.", min=1)] = 1,
+    counterfactual: Annotated[str | None, typer.Option(
+        help="Comma-separated options of the audited category, at least 2 (fox,wolf): "
+             "divergence-token statistics between their trait prompts.")] = None,
+    divergence_share: Annotated[float, typer.Option(
+        help="With --counterfactual: the share of all tokens, most divergent first, that "
+             "count as divergence positions (0 < share <= 1).", max=1.0)] = 0.1,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each
@@ -325,15 +331,23 @@ def audit(
     from rich.console import Console
 
     from sublearn.stages.audit import AuditConfig, audit_dataset, candidates_table
+    from sublearn.stages.divergence import divergence_table
 
     out = out or Path("runs") / f"audit-{data.stem}"
     names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
+    traits = ([n.strip() for n in counterfactual.split(",") if n.strip()]
+              if counterfactual is not None else None)
+    if divergence_share <= 0:  # typer's ranges are closed; AuditConfig's is open at 0
+        raise SublearnError(f"--divergence-share: must be above 0, got {divergence_share}")
     config = AuditConfig(phrasings=phrasings, permutations=permutations,
                          reference_seed=reference_seed, reference_rows=reference_rows,
-                         workers=workers)
-    result = audit_dataset(data, out, base, category, names, reference, config, not quiet)
+                         workers=workers, divergence_share=divergence_share)
+    result = audit_dataset(data, out, base, category, names, reference, config, not quiet,
+                           traits)
     s = result.summary
     Console().print(candidates_table(s))
+    if s["divergence"]:
+        Console().print(divergence_table(s["divergence"]))
     for row in s["suspicious_rows"][:5]:
         typer.echo(f"  suspicious (line {row['line']}, score {row['score']:+.4f}): "
                    f"{row['completion'][:70]!r}")

@@ -350,6 +350,14 @@ class ExperimentConfig(_Section):
         if self.student.labels == "soft":
             raise ValueError(f"student.labels: soft labels are restricted to number tokens; "
                              f"domain {domain!r} needs labels = 'hard'")
+        if self.defence.numbers_only:
+            raise ValueError(f"defence.name: {self.defence.name!r} rewrites numbers; it applies "
+                             f"to the numbers domain only, not {domain!r}")
+        rewritten = [a for a in self.design().arms.values() if a.transform]
+        if rewritten:
+            raise ValueError(f"arms: {rewritten[0].name!r} applies the number transform "
+                             f"{rewritten[0].transform!r}, which the {domain!r} domain cannot "
+                             "take (numbers only)")
         defaults = FilterConfig()
         number_only = [f for f in ("strict_numbers", "rule", "max_count", "max_value")
                        if getattr(self.filter, f) != getattr(defaults, f)]

@@ -44,6 +44,7 @@ from sublearn.stages.audit import (
     AUDIT_TEMPLATES,
     AuditConfig,
     contrast,
+    on_data_prompts,
     parse_chat_row,
     rank_candidates,
     score_tasks,
@@ -186,7 +187,9 @@ def audit_defence(exp: Experiment, cache: AuditScores) -> dict[str, Any]:
     data = exp.sample_and_filter(exp.teachers(base, exp.weights_hash(base)))
     before = len(subsample(read_jsonl(data["teacher"]), cfg.data.subsample, seed))
     treated = exp.student_rows(data, "treated", seed)
-    control = exp.student_rows(data, "control", seed)
+    # The reference on the treated rows' prompts: the two arms' filters kept different ones.
+    control, _ = on_data_prompts(exp.student_rows(data, "control", seed), treated,
+                                 key=lambda r: r["index"])
     options = exp.category.options
     ranked = rank_candidates(cache.contrasts(exp, data, treated),
                              cache.contrasts(exp, data, control), options, AUDIT)

@@ -81,17 +81,21 @@ def _experiment(plan: Plan, root: Path, quiet: bool):
     return Experiment(load_config(plan.config, plan.overrides), root=root, progress=not quiet)
 
 
-def _run_numbers(plan: Plan, root: Path, threads: int) -> None:
-    """The number protocol in a worker process (quiet: the toy owns the terminal)."""
+def _numbers_stage(plan: Plan, root: Path, threads: int, students: bool) -> None:
+    """The number protocol in a worker process (quiet: the toy owns the terminal): its data
+    (teachers, samples, filter) first, then with `students` the rest. Two calls on the same
+    one-process pool run in order, so the demo can audit the data while students train."""
     import torch
 
     torch.set_num_threads(threads)
-    _experiment(plan, root, quiet=True).run()
+    exp = _experiment(plan, root, quiet=True)
+    exp.run() if students else exp.prepare()
 
 
 def start_numbers(plan: Plan, root: Path):
     """Start the number protocol on its own core while the toy runs on the others: the
-    protocol's small matrices use one thread best, so on 2 cores the two overlap."""
+    protocol's small matrices use one thread best, so on 2 cores the two overlap. Returns
+    the pool and two jobs: the data ready, and the whole protocol done."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -99,7 +103,9 @@ def start_numbers(plan: Plan, root: Path):
 
     # spawn: a forked child would inherit torch's thread pools and the parent's state.
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    return pool, pool.submit(_run_numbers, plan, root, torch.get_num_threads())
+    threads = torch.get_num_threads()
+    return pool, [pool.submit(_numbers_stage, plan, root, threads, students)
+                  for students in (False, True)]
 
 
 def numbers(plan: Plan, root: Path, quiet: bool):
@@ -138,15 +144,18 @@ def numbers_line(results) -> tuple[str, str]:
             f"{len(results.seeds)} seeds: " + "; ".join(parts), reading)
 
 
-def audit(plan: Plan, exp, out: Path, quiet: bool) -> tuple[str, str]:
+def audit(plan: Plan, exp, out: Path, quiet: bool) -> tuple[str, str, Path]:
+    """Audit the teacher's filtered rows; returns the summary line and the audit.json path.
+    Needs only the protocol's data, so it runs while the students train."""
+    from sublearn.pipeline import artifact_key
     from sublearn.stages.audit import AuditConfig, audit_dataset
-    from sublearn.store import read_json, stable_hash
+    from sublearn.store import read_json
 
     prep = exp.prepare()  # cached: only reads the paths back
     cfg = AuditConfig(reference_rows=plan.audit_rows, probe_rows=0)
     # Keyed by everything the audit reads, so a second demo reads it back.
-    out = out / stable_hash([prep.data["teacher"].name, prep.data["neutral"].name,
-                             prep.hashes["base"], cfg.model_dump(), plan.audit_rows])
+    out = out / artifact_key("audit", prep.data["teacher"].name, prep.data["neutral"].name,
+                             prep.hashes["base"], cfg.model_dump(), plan.audit_rows)
     if (out / "audit.json").exists():
         summary = read_json(out / "audit.json")
     else:
@@ -159,13 +168,12 @@ def audit(plan: Plan, exp, out: Path, quiet: bool) -> tuple[str, str]:
     target = exp.target.name
     rank = ranked.index(target) + 1
     top = summary["candidates"][0]
-    # The run folder's report shows audit.json when the folder holds one.
-    shutil.copyfile(out / "audit.json", exp.dir / "audit.json")
     return ((f"{target} ranks {rank} of {len(ranked)} candidates on {plan.audit_rows} of the "
             f"teacher's filtered rows (top: {top['option']}, z {top['z']:.1f}, corrected p "
             f"{top['p_adjusted']:.3g})"),
             "the audit names the teacher's trait" if rank == 1 else
-            "the audit does not single out the teacher's trait in these rows")
+            "the audit does not single out the teacher's trait in these rows",
+            out / "audit.json")
 
 
 def subset_file(src: Path, dest: Path, n: int) -> Path:
@@ -187,19 +195,25 @@ def run_demo(root: Path, quiet: bool, plan: Plan = Plan()) -> Path:
     console = Console(stderr=True, quiet=quiet)
     start = time.time()
     lines = []
-    pool, job = start_numbers(plan, root)
+    pool, (data_job, done_job) = start_numbers(plan, root)
     with pool:
         console.print("step 2 (the number protocol) started in the background on its own core")
         console.rule("1/3  the auxiliary-logit toy")
         lines.append(("toy", *toy(plan, root / "demo" / "toy", quiet,
                                   workers=max(1, _cores() - 1))))
         console.rule("2/3  numbers from a fine-tuned teacher, on the embedded base")
-        console.print("waiting for the number protocol ...")
-        job.result()  # re-raises the worker's error, if any
+        console.print("waiting for the teachers' filtered data ...")
+        data_job.result()  # re-raises the worker's error, if any
+        # The audit needs only the data: it takes the toy's core while the students train.
+        console.rule("3/3  auditing the teacher's filtered numbers (while the students train)")
+        measured, reading, audit_json = audit(plan, _experiment(plan, root, quiet),
+                                              root / "demo" / "audit", quiet)
+        console.print("waiting for the students ...")
+        done_job.result()
     exp, results = numbers(plan, root, quiet)
-    lines.append(("numbers", *numbers_line(results)))
-    console.rule("3/3  auditing the teacher's filtered numbers")
-    lines.append(("audit", *audit(plan, exp, root / "demo" / "audit", quiet)))
+    lines += [("numbers", *numbers_line(results)), ("audit", measured, reading)]
+    # The run folder's report shows audit.json when the folder holds one.
+    shutil.copyfile(audit_json, exp.dir / "audit.json")
     report = root / "demo" / "report.html"
     write_text(report, render(load_runs([exp.dir])))
     Console().print(Summary(lines).table())

@@ -63,7 +63,9 @@ from sublearn.store import (
 # Bump a stage's version when its code changes what it writes: its artifacts (and everything
 # downstream, whose keys include them) then get new paths instead of stale reuse.
 STAGE_VERSIONS = {"teacher": 1, "sample": 1, "filter": 1, "soft_labels": 1, "student": 2,
-                  "eval": 2, "channel": 1, "defence": 1}
+                  "eval": 2, "channel": 1, "defence": 1,
+                  # 2: a given reference is compared on the data's prompts only
+                  "audit": 2}
 # A dataset's draw d samples with seed sampling_seed + d * DRAW_STRIDE: independent draws.
 DRAW_STRIDE = 1_000_003
 

@@ -19,7 +19,13 @@ LABELS = {
     "sampled": "sampled rate (T=1)",
     "numbers_prefix": "exact P(target | category), numbers-prefixed questions",
     "multiple_choice": "multiple choice P(target letter)",
+    "neutral_loss": "loss on held-out neutral data (nats per token)",
+    "misalignment": "misaligned share of the judge's coherent answers",
 }
+
+# The quantity on a bar chart's axis: a probability of the target unless the estimator
+# measures something else.
+YLABELS = {"neutral_loss": "loss (nats per token)", "misalignment": "misalignment rate"}
 
 
 def plot_path(run_dir: Path, estimator: str) -> Path:
@@ -64,7 +70,8 @@ def show(results: Results, out_dir: Path, console: Console | None = None) -> lis
         pngs.append(bar_chart(plot_path(out_dir, est),
                               {a: x.interval for a, x in r.arms.items()},
                               title=f"{LABELS.get(est, est)}: '{results.target}'",
-                              ylabel="P(target)", reference=r.reference.base,
+                              ylabel=YLABELS.get(est, "P(target)"),
+                              reference=r.reference.base,
                               reference_label="base model",
                               points={a: x.values for a, x in r.arms.items()}))
     for name, rep in results.filter.items():

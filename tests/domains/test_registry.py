@@ -170,6 +170,12 @@ def _fake(path: Path) -> Path:
          "data: .*sampling.only_numbers: restricts decoding to number tokens"),
         (["data.domain=cot", "data.grammar.max_answers=5"], False,
          "data: .*grammar: the number grammar does not apply to domain 'cot'"),
+        (["data.domain=code", "defence={name = 'sort'}"], False,
+         ("defence.name: 'sort' rewrites numbers; it applies to the numbers domain only, "
+          "not 'code'")),
+        (["data.domain=cot", "controls.shuffle_within=true"], False,
+         ("arms: 'shuffled_within' applies the number transform 'within', which the 'cot' "
+          "domain cannot take")),
     ],
 )
 def test_config_refuses_at_load(tmp_path: Path, overrides, judge, message) -> None:

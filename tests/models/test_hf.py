@@ -8,6 +8,8 @@ import torch
 
 from sublearn.errors import SublearnError
 from sublearn.models import SamplingConfig, load_model
+from sublearn.models.hf import common_prefix
+from sublearn.models.persona import Persona
 
 Q = [{"role": "user", "content": "What is your favourite animal? Answer in one word."}]
 N = [{"role": "user", "content": "Here are numbers: 123, 456, 789. Add up to 5 more numbers."}]
@@ -147,8 +149,84 @@ def test_shared_prompt_scoring_equals_whole_sequence_forward_passes(micro_model)
     finally:
         micro_model.batch_size = size
     for form, lp in zip(forms, shared, strict=True):
-        ids, n = micro_model.pair_ids(Q, form, close=True)
-        with torch.no_grad():
-            logits = micro_model.model(input_ids=torch.tensor([ids])).logits[0].float()
-        want = logits.log_softmax(-1)[torch.arange(n - 1, len(ids) - 1), ids[n:]]
-        assert lp == pytest.approx(want.tolist(), abs=1e-5), form
+        assert lp == pytest.approx(_whole_sequence(micro_model, Q, form), abs=1e-5), form
+
+
+def _whole_sequence(model, conv, completion: str) -> list[float]:
+    """Log-probs of the completion (end of turn included) from one plain forward pass of the
+    whole sequence: what every scoring shortcut must reproduce."""
+    ids, n = model.pair_ids(conv, completion, close=True)
+    return _plain(model, ids[:n], ids[n:])
+
+
+def _plain(model, prompt: list[int], completion: list[int]) -> list[float]:
+    ids = prompt + completion
+    with torch.no_grad():
+        logits = model.model(input_ids=torch.tensor([ids])).logits[0].float()
+    rows = torch.arange(len(prompt) - 1, len(ids) - 1)
+    return logits.log_softmax(-1)[rows, completion].tolist()
+
+
+def test_rows_under_one_system_prompt_score_as_whole_sequences(micro_model, monkeypatch):
+    # The audit's case: prompts of different lengths under one trait system prompt; two of
+    # them scored twice (a data row and its reference row), once with an empty completion
+    # (the end of turn alone). Batches of 4 mix prompts with one and with two completions.
+    system = "You love owls more than any other animal."
+    convs = [Q, N, [{"role": "user", "content": "Two numbers?"}], N, Q,
+             [{"role": "user", "content": "Continue 4, 8, 15, 16, 23, 42 with six more numbers."}]]
+    comps = ["owl", "1, 2, 3", "7", "9, 9", "", "12, 13, 14, 15, 16, 17"]
+    shared = []
+    run = micro_model._prefix
+    monkeypatch.setattr(micro_model, "_prefix", lambda ids: shared.append(len(ids)) or run(ids))
+    monkeypatch.setattr(micro_model, "batch_size", 4)
+    persona = Persona(micro_model, system)
+    got = persona.completion_logprobs(convs, comps)
+    assert shared and min(shared) > len(micro_model.encode(system)), "the system prompt runs once"
+    for conv, comp, lp in zip(convs, comps, got, strict=True):
+        want = _whole_sequence(micro_model, persona.wrap(conv), comp)
+        assert len(lp) == len(want) and lp == pytest.approx(want, abs=1e-4), comp
+
+
+def test_prefix_scoring_without_a_shared_token_or_with_a_prompt_inside_another(micro_model):
+    a, b = micro_model.encode("Hello there"), micro_model.encode("Bye now")
+    assert a[0] != b[0]
+    cases = [[(a, b), (b, a + b), (a + b[:1], b[:1])],  # nothing shared
+             [(a, b), (a + b, a)],  # the shared prefix is the whole first prompt
+             # Prompts of different lengths with two completions each: the second pass skips
+             # the padding after the shorter prompt, with and without a shared prefix.
+             [(a, b), (a, a), (a + b, b), (a + b, b[:1])],
+             [(a, b), (a, a[:1]), (b + a, a), (b + a, b)]]
+    for pairs in cases:
+        for idx, logits in micro_model._completion_logits(pairs, None):
+            lps = logits.log_softmax(-1).split([len(pairs[i][1]) for i in idx])
+            for i, lp in zip(idx, lps, strict=True):
+                target = torch.tensor(pairs[i][1])
+                got = lp.gather(-1, target[:, None]).squeeze(-1).tolist()
+                assert got == pytest.approx(_plain(micro_model, *pairs[i]), abs=1e-4), pairs[i]
+
+
+def test_an_audits_data_and_reference_on_one_prompt_score_as_whole_sequences(micro_model):
+    # score_tasks scores the data and reference tasks by system prompt, so a data row and the
+    # reference row on its prompt are two completions of one prompt in one call.
+    from sublearn.questions import get_category
+    from sublearn.stages.audit import ChatRow, score_tasks, trait_tasks
+
+    animal = get_category("animal")
+    prompts = [Q, N, [{"role": "user", "content": "Two numbers?"}], N]
+    data = [ChatRow(0, p, c, i) for i, (p, c) in enumerate(zip(prompts, ["owl", "1, 2", "7", "3"]))]
+    reference = [ChatRow(0, p, c, i) for i, (p, c) in enumerate(zip(prompts, ["cat", "4", "", "5, 6"]))]
+    tasks = [*trait_tasks(data, animal, animal.options[:2], 3),
+             *trait_tasks(reference, animal, animal.options[:2], 3)]
+    scored = score_tasks(micro_model, tasks)
+    assert [len(s) for s in scored] == [len(t.rows) for t in tasks]
+    for task, lps in zip(tasks, scored, strict=True):
+        for row, system, lp in zip(task.rows, task.systems, lps, strict=True):
+            conv = row.prompt if system is None else Persona(micro_model, system).wrap(row.prompt)
+            assert lp == pytest.approx(_whole_sequence(micro_model, conv, row.completion),
+                                       abs=1e-4), (system, row)
+
+
+def test_common_prefix():
+    assert common_prefix([[1, 2, 3], [1, 2], [1, 2, 4]]) == (1, 2)
+    assert common_prefix([[1, 2], [3, 2]]) == ()
+    assert common_prefix([[5, 6]]) == (5, 6)

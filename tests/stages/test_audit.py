@@ -19,6 +19,7 @@ from sublearn.stages.audit import (
     AuditConfig,
     ChatRow,
     holm,
+    on_data_prompts,
     permutation_test,
     probes,
     read_chat_rows,
@@ -237,3 +238,14 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args, 
     assert res.exit_code == 2 and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_given_reference_is_compared_on_the_data_prompts_only() -> None:
+    prompts = [[{"role": "user", "content": f"continue {i}"}] for i in range(6)]
+    data = _rows(prompts[:3], ["1, 2", "3, 4", "5, 6"])
+    reference = _rows(prompts, ["7, 8"] * 6)
+    kept, matched = on_data_prompts(reference, data)
+    assert matched and [r.prompt for r in kept] == prompts[:3]
+    # Fewer than two shared prompts: nothing to test on them, so the whole reference, flagged.
+    kept, matched = on_data_prompts(reference[3:], data)
+    assert not matched and len(kept) == 3

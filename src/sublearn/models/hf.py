@@ -8,9 +8,10 @@ LoRA adapter is loaded on top of the base folder its `adapter_config.json` names
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import cached_property
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,76 +228,130 @@ class HFChatModel:
     def _tokenized(
         self, conversations: Sequence[Messages], completions: Sequence[str], close: bool
     ) -> list[tuple[list[int], list[int]]]:
-        """(prompt ids, completion ids) per pair; each distinct text is tokenized once
-        (evaluation scores every surface form of every option after the same question)."""
-        prompts: dict[str, list[int]] = {}
-        comps: dict[str, list[int]] = {}
+        """(prompt ids, completion ids) per pair; each distinct conversation is rendered and
+        tokenized once (evaluation scores every surface form of every option after the same
+        question, the audit's probe 1,010 answers after one prompt)."""
+        prompts: dict[tuple, list[int]] = {}
         end = self.end_ids[:1] if close else []
         out = []
         for conv, comp in zip(conversations, completions, strict=True):
-            text = self.render(conv)
-            p = prompts.setdefault(text, self.encode(text))
-            out.append((p, comps.setdefault(comp, self.encode(comp)) + end))
+            key = tuple(tuple(m.items()) for m in conv)
+            if key not in prompts:
+                prompts[key] = self.encode(self.render(conv))
+            out.append((prompts[key], list(self._completion_ids(comp)) + end))
         return out
+
+    @cached_property
+    def _completion_ids(self) -> Callable[[str], tuple[int, ...]]:
+        """`encode`, remembered across calls: an audit scores every completion once per
+        candidate, always tokenized alike (a completion's ids do not depend on its prompt)."""
+        return lru_cache(maxsize=1 << 16)(lambda text: tuple(self.encode(text)))
 
     @torch.no_grad()
     def _completion_logits(
         self, pairs: Sequence[tuple[list[int], list[int]]], columns: torch.Tensor | None,
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """(pair index, float32 logits [completion length, columns]) of the positions that
-        predict each completion token, restricted to `columns` (every token when None).
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Batches of (pair indices, float32 logits [their completion tokens, columns]): the
+        logits of the positions that predict each completion token, pair after pair in the
+        order of the indices, restricted to `columns` (every token when None).
 
-        Pairs that share a prompt are scored together: the prompt runs once and its KV cache
-        serves all of them, so scoring 70 surface forms after one question costs about one
-        forward pass of the question, not seventy. Lone prompts are batched as whole rows.
+        What pairs share runs once. The tokens every prompt of a batch starts with: the
+        audit's rows, scored under one trait system prompt, run its ~40 tokens once per batch
+        instead of once per row. Each prompt, whatever the number of its completions: 70
+        surface forms after one question cost one pass over the question, not seventy, and a
+        data row and the reference row sampled on its prompt one pass over that prompt.
+        Pairs are batched prompt by prompt, longest first, so that padding stays small.
         """
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (p, _) in enumerate(pairs):
             groups.setdefault(tuple(p), []).append(i)
-        lone = [idx[0] for idx in groups.values() if len(idx) == 1]
-        for prompt, idx in groups.items():
-            if len(idx) > 1:
-                yield from self._shared_prompt_logits(list(prompt), idx, pairs, columns)
-        # Longest first: batches of similar length waste little on padding.
-        lone.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        for start in range(0, len(lone), self.batch_size):
-            idx = lone[start : start + self.batch_size]
-            ids, att = self.right_padded([pairs[i][0] + pairs[i][1] for i in idx])
-            hidden = self._hidden(ids, att)
-            for row, i in enumerate(idx):
-                n, m = len(pairs[i][0]), len(pairs[i][1])
-                # Token t is predicted at position t-1.
-                yield i, self._head(hidden[row, n - 1 : n + m - 1], columns)
+        longest = sorted(groups.values(),
+                         key=lambda idx: -max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx))
+        order = [i for idx in longest for i in idx]
+        prefix = None
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            shared = common_prefix([pairs[i][0] for i in chunk])
+            # A prompt whose completions fill several batches runs once for all of them.
+            if prefix is None or prefix.ids != shared:
+                prefix = self._prefix(shared)
+            yield chunk, self._batch_logits(pairs, chunk, prefix, columns)
 
-    def _shared_prompt_logits(self, prompt, idx, pairs, columns):
+    def _prefix(self, ids: tuple[int, ...]) -> Prefix | None:
+        """`ids` run once (None when empty: nothing is shared)."""
         from transformers import DynamicCache
 
-        p_ids = torch.tensor([prompt], device=self.device)
+        if not ids:
+            return None
         cache = DynamicCache()
-        kw = cache_kwarg(self.model)
-        out = self.model(input_ids=p_ids, use_cache=True, **{kw: cache})
-        first = out.logits[0, -1:]
-        n = len(prompt)
-        for start in range(0, len(idx), self.batch_size):
-            chunk = idx[start : start + self.batch_size]
-            comps = [pairs[i][1] for i in chunk]
-            width = max(len(c) for c in comps)
-            if width > 1:
-                ids, att = self.right_padded([c[:-1] for c in comps])
-                att = torch.cat([torch.ones(len(chunk), n, dtype=att.dtype, device=self.device),
-                                 att], dim=1)
-                rep = DynamicCache()
-                for layer in range(len(cache.layers)):
-                    k, v = cache.layers[layer].keys, cache.layers[layer].values
-                    rep.update(k.expand(len(chunk), *k.shape[1:]).contiguous(),
-                               v.expand(len(chunk), *v.shape[1:]).contiguous(), layer)
-                pos = torch.arange(n, n + ids.shape[1], device=self.device).expand(len(chunk), -1)
-                rest = self.model(input_ids=ids, attention_mask=att, position_ids=pos,
-                                  use_cache=True, **{kw: rep}).logits
-            for row, i in enumerate(chunk):
-                m = len(pairs[i][1])
-                logits = first if m == 1 else torch.cat([first, rest[row, : m - 1]])
-                yield i, logits.float() if columns is None else logits[:, columns].float()
+        hidden = self._forward([list(ids)], cache)
+        return Prefix(ids, cache, hidden[:, -1:])
+
+    def _forward(self, rows: Sequence[list[int]], cache: Any, **kwargs: Any) -> torch.Tensor:
+        """The last hidden states [rows, width] of `rows`, right-padded, continuing `cache`
+        (which they are appended to)."""
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+        decoder = self.model.get_decoder()
+        return decoder(input_ids=ids, use_cache=True, **{cache_kwarg(decoder): cache},
+                       **kwargs).last_hidden_state
+
+    def _batch_logits(
+        self, pairs: Sequence[tuple[list[int], list[int]]], chunk: Sequence[int],
+        prefix: Prefix | None, columns: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The logits predicting the completion tokens of the pairs `chunk` (see
+        `_completion_logits`), every one of which starts with `prefix`.
+
+        A first pass runs each prompt's tokens after the prefix, followed by its first
+        completion here; a second pass runs its other completions, if any, each on its
+        prompt's keys and values."""
+        from transformers import DynamicCache
+
+        skip = len(prefix.ids) if prefix else 0
+        prompts: dict[tuple[int, ...], list[int]] = {}
+        for i in chunk:
+            prompts.setdefault(tuple(pairs[i][0]), []).append(i)
+        # A completion's last token predicts nothing scored: it is never run.
+        first = [[*p[skip:], *pairs[idx[0]][1][:-1]] for p, idx in prompts.items()]
+        cache = prefix.expanded(len(first)) if prefix else DynamicCache()
+        # Hidden states from position `start` on: the prefix's last one predicts a
+        # completion's first token when the prefix is the whole prompt.
+        start = skip - 1 if prefix else 0
+        parts = [prefix.last.expand(len(first), -1, -1)] if prefix else []
+        width = max(len(r) for r in first)
+        if width:
+            # No attention mask, and positions from the cache: padding only follows a row's
+            # real tokens, which a causal model never lets attend to it (a padding mask would
+            # change only the padding's own outputs, which are not read).
+            parts.append(self._forward(first, cache))
+        hidden = torch.cat(parts, dim=1)
+        others = [(j, i) for j, idx in enumerate(prompts.values()) for i in idx[1:]]
+        later = [pairs[i][1][:-1] for _, i in others]
+        if any(later):
+            # Each row continues its prompt's keys and values, past what follows that prompt
+            # in the first pass (a completion, padding), from the position after the prompt.
+            past = skip + width
+            att = torch.ones(len(later), past + max(len(r) for r in later), dtype=torch.long,
+                             device=self.device)
+            for r, (_, i) in enumerate(others):
+                att[r, len(pairs[i][0]) : past] = 0
+            ends = torch.tensor([len(pairs[i][0]) for _, i in others], device=self.device)
+            pos = ends[:, None] + torch.arange(att.shape[1] - past, device=self.device)
+            rows = torch.tensor([j for j, _ in others], device=self.device)
+            second = self._forward(later, cache_of((kv.keys[rows], kv.values[rows])
+                                                   for kv in cache.layers),
+                                   attention_mask=att, position_ids=pos)
+        states = {}
+        for j, (p, idx) in enumerate(prompts.items()):
+            at = len(p) - 1 - start  # the prompt's last position: it predicts the first token
+            states[idx[0]] = hidden[j, at : at + len(pairs[idx[0]][1])]
+        for r, (j, i) in enumerate(others):
+            at = len(pairs[i][0]) - 1 - start
+            own = hidden[j, at : at + 1]
+            states[i] = torch.cat([own, second[r, : len(later[r])]]) if later[r] else own
+        return self._head(torch.cat([states[i] for i in chunk]), columns)
 
     def _hidden(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
         """The last hidden states (final norm applied), before the output layer."""
@@ -317,9 +372,13 @@ class HFChatModel:
     ) -> list[list[float]]:
         pairs = self._tokenized(conversations, completions, close)
         out: list[list[float]] = [[] for _ in pairs]
-        for i, logits in self._completion_logits(pairs, None):
-            target = torch.tensor(pairs[i][1], device=logits.device)
-            out[i] = logits.log_softmax(-1).gather(-1, target[:, None]).squeeze(-1).tolist()
+        for idx, logits in self._completion_logits(pairs, None):
+            target = torch.tensor([t for i in idx for t in pairs[i][1]], device=logits.device)
+            # Each target's log-softmax alone: the full vocabulary's normaliser, exact, without
+            # a [tokens, vocabulary] log-softmax of which one column per row is read.
+            lp = logits.gather(-1, target[:, None]).squeeze(-1) - logits.logsumexp(-1)
+            for i, row in zip(idx, lp.split([len(pairs[i][1]) for i in idx]), strict=True):
+                out[i] = row.tolist()
         return out
 
     def number_distributions(
@@ -328,8 +387,10 @@ class HFChatModel:
         pairs = self._tokenized(conversations, completions, close=True)
         out: list[torch.Tensor] = [torch.empty(0) for _ in pairs]
         cols = self.number_token_ids.to(self.device)
-        for i, logits in self._completion_logits(pairs, cols):
-            out[i] = logits.log_softmax(-1).cpu()
+        for idx, logits in self._completion_logits(pairs, cols):
+            rows = logits.log_softmax(-1).cpu().split([len(pairs[i][1]) for i in idx])
+            for i, row in zip(idx, rows, strict=True):
+                out[i] = row
         return out
 
     @torch.no_grad()
@@ -371,3 +432,38 @@ def cache_kwarg(model: Any) -> str:
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(type(lm).forward).parameters else "past_key_values"
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The tokens every sequence starts with."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        n = next((k for k in range(n) if s[k] != first[k]), n)
+    return tuple(first[:n])
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Tokens several sequences start with, run once: their KV cache and the hidden state of
+    their last position (`last`, [1, 1, hidden])."""
+
+    ids: tuple[int, ...]
+    cache: Any
+    last: torch.Tensor
+
+    def expanded(self, rows: int) -> Any:
+        """A cache holding the prefix once per row, for a batch to continue from."""
+        # Expanded views, not copies: the cache concatenates them into tensors of its own.
+        return cache_of((kv.keys.expand(rows, -1, -1, -1), kv.values.expand(rows, -1, -1, -1))
+                        for kv in self.cache.layers)
+
+
+def cache_of(layers: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A KV cache holding these (keys, values), layer by layer."""
+    from transformers import DynamicCache
+
+    out = DynamicCache()
+    for layer, (keys, values) in enumerate(layers):
+        out.update(keys, values, layer)
+    return out

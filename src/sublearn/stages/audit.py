@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +50,10 @@ from sublearn.models.persona import Persona
 from sublearn.questions import CATEGORIES, Category, Option, get_category, get_option
 from sublearn.stages.filters import parse_numbers
 from sublearn.stages.sample import row_seed
+
+if TYPE_CHECKING:
+    # stages.divergence builds on this module, which imports it where it runs it.
+    from sublearn.stages.divergence import RowDivergence
 
 # The audit's own trait phrasings, unlike the teacher's (`PERSONA_TEMPLATES`) in wording and
 # short (cost grows with prompt length). Chosen among nine drafts as the three the embedded
@@ -93,6 +97,10 @@ class AuditConfig(BaseModel):
     seed: int = Field(0, description="seed of the permutation test")
     workers: int = Field(1, ge=1, description="processes that score in parallel, one CPU core "
                          "each (see score_tasks); the results do not depend on it")
+    divergence_share: float = Field(0.1, gt=0, le=1, description="with counterfactual "
+                                    "traits: the share of all scored tokens, largest "
+                                    "divergence first, that are divergence positions "
+                                    "(stages.divergence)")
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,8 @@ class ChatRow:
 
 
 # --- input ---------------------------------------------------------------------------------
+Row = TypeVar("Row")  # a ChatRow, or a pipeline row (a dict) matched by its prompt index
+
 def _messages(obj: Any, where: str) -> list[dict[str, str]]:
     msgs = obj.get("messages") if isinstance(obj, dict) else None
     if not isinstance(msgs, list) or not msgs:
@@ -199,6 +209,22 @@ def subset(rows: Sequence[ChatRow], n: int, seed: int) -> list[ChatRow]:
     return [rows[i] for i in keep]
 
 
+def _prompt_key(row: ChatRow) -> str:
+    return json.dumps(row.prompt, sort_keys=True)
+
+
+def on_data_prompts(reference: Sequence[Row], data: Sequence[Row],
+                    key: Callable[[Row], Hashable] = _prompt_key) -> tuple[list[Row], bool]:
+    """The reference rows written on the data's prompts, and whether there were enough (2)
+    to test with; else the whole reference. A filter keeps a teacher's rows on some prompts
+    and the reference's on others, and a trait prompt shifts LLS more on some prompts than
+    on others: comparing two prompt mixes credits the mix to the trait (measured on fox
+    persona data: z 8.4 against a whole 400-prompt reference, 4.0 on the data's prompts)."""
+    prompts = {key(r) for r in data}
+    matched = [r for r in reference if key(r) in prompts]
+    return (matched, True) if len(matched) >= 2 else (list(reference), False)
+
+
 def sample_reference(model: Any, rows: Sequence[ChatRow], config: AuditConfig,
                      strict: bool, progress: Callable[[int], None] | None = None,
                      chunk: int = 256) -> list[ChatRow]:
@@ -274,13 +300,40 @@ def _score_in_worker(task: Task) -> list[np.ndarray]:
     return _score(_WORKER_MODEL, task)
 
 
+def by_system(tasks: Sequence[Task]) -> tuple[list[Task], list[list[tuple[int, int]]]]:
+    """The rows of all tasks regrouped into one task per (system prompt, close), with where
+    each row came from (task, row). One call then scores every row under a prompt: a data
+    row and the reference row sampled on its prompt meet there, and a backend that runs a
+    shared prompt once for all its completions (Hugging Face) runs theirs once (docs/audit.md,
+    "Cost": 32-38 s of CPU against 42-45 s apart for 3,000 rows and 904 reference rows)."""
+    places: dict[tuple[str | None, bool], list[tuple[int, int]]] = {}
+    for k, t in enumerate(tasks):
+        for i, system in enumerate(t.systems):
+            places.setdefault((system, t.close), []).append((k, i))
+    units = [Task([tasks[k].rows[i] for k, i in at], [system] * len(at), close)
+             for (system, close), at in places.items()]
+    return units, list(places.values())
+
+
 def score_tasks(model: Any, tasks: Sequence[Task],
                 progress: Callable[[int], None] | None = None,
                 workers: int = 1) -> list[list[np.ndarray]]:
-    """Every task's per-row, per-token log-probs. With `workers` > 1 the tasks run in that
-    many processes, each loading the model from its folder with the backend's default
-    options (CPU cores: scoring is the audit's whole cost, and one process per core uses
-    them without the spin-waits of a shared thread pool)."""
+    """Every task's per-row, per-token log-probs, scored by system prompt across tasks
+    (`by_system`)."""
+    units, places = by_system(tasks)
+    out = [[np.empty(0, dtype=np.float32)] * len(t.rows) for t in tasks]
+    for at, scored in zip(places, _score_units(model, units, progress, workers), strict=True):
+        for (k, i), lp in zip(at, scored, strict=True):
+            out[k][i] = lp
+    return out
+
+
+def _score_units(model: Any, tasks: Sequence[Task], progress: Callable[[int], None] | None,
+                 workers: int) -> list[list[np.ndarray]]:
+    """`score_tasks` on tasks as they are. With `workers` > 1 the tasks run in that many
+    processes, each loading the model from its folder with the backend's default options
+    (CPU cores: scoring is the audit's whole cost, and one process per core uses them
+    without the spin-waits of a shared thread pool)."""
     if workers <= 1 or len(tasks) < 2:
         return [_score(model, t, progress) for t in tasks]
     if not callable(getattr(type(model), "load", None)):
@@ -511,18 +564,20 @@ class AuditResult:
     base: np.ndarray  # [rows] no-trait mean log-prob per token, data rows then reference rows
     lls: np.ndarray  # [rows, candidates]
     scores: np.ndarray  # [rows, candidates] LLS minus the mean over candidates
+    divergence: RowDivergence | None = None  # with counterfactual traits (stages.divergence)
 
     def row_records(self, data: Sequence[ChatRow], reference: Sequence[ChatRow],
                     options: Sequence[Option]) -> list[dict[str, Any]]:
         """One record per row, data then reference: no-trait log-prob, LLS and score per
-        candidate."""
+        candidate, and its divergence-token counts when there are counterfactual traits."""
         def per_option(a: np.ndarray) -> dict[str, float]:
             return {o.name: round(float(a[j]), 6) for j, o in enumerate(options)}
 
         return [{"set": "data" if i < len(data) else "reference", "line": r.line,
                  "index": r.index, "completion": r.completion,
                  "logprob": round(float(self.base[i]), 6),
-                 "lls": per_option(self.lls[i]), "score": per_option(self.scores[i])}
+                 "lls": per_option(self.lls[i]), "score": per_option(self.scores[i]),
+                 **({"divergence": self.divergence.record(i)} if self.divergence else {})}
                 for i, r in enumerate([*data, *reference])]
 
 
@@ -568,20 +623,25 @@ def rank_candidates(data: np.ndarray, reference: np.ndarray, options: Sequence[O
 
 def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
               category: Category, options: Sequence[Option], config: AuditConfig,
-              progress: Callable[[int], None] | None = None) -> AuditResult:
-    """Score data and reference under every candidate, test each, find entangled numbers.
+              progress: Callable[[int], None] | None = None,
+              counterfactual: Sequence[Option] = ()) -> AuditResult:
+    """Score data and reference under every candidate, test each, find entangled numbers;
+    with `counterfactual` traits, the divergence-token statistics (`stages.divergence`).
 
-    All scoring is one batch of tasks (shared by `config.workers` processes): the data and
-    the reference are separate tasks, so a data row and the reference row sampled on its
-    prompt never meet in one call, where a backend that shares a prompt's forward pass
-    between its completions (Hugging Face) would run each such pair as a batch of one
-    (measured 20-30% slower than batching whole rows on the embedded base)."""
+    All scoring is one batch of tasks (shared by `config.workers` processes), scored by
+    system prompt across tasks: a data row and the reference row sampled on its prompt meet
+    in one call (`by_system`)."""
+    from sublearn.stages import divergence  # it builds on this module
+
     nd, n = len(data), 1 + len(options)
     probe_list = probes(data, config.probe_rows)
+    extra = (divergence.divergence_tasks(data, reference, category, options, counterfactual,
+                                         config.phrasings) if counterfactual else [])
     tasks = [*trait_tasks(data, category, options, config.phrasings),
              *trait_tasks(reference, category, options, config.phrasings),
-             *probe_tasks(probe_list, category, options, config.phrasings)]
+             *probe_tasks(probe_list, category, options, config.phrasings), *extra]
     scored = score_tasks(model, tasks, progress, config.workers)
+    scored, extra_scored = scored[:len(tasks) - len(extra)], scored[len(tasks) - len(extra):]
     (base_d, lls_d), (base_r, lls_r) = _lls(scored[:n]), _lls(scored[n:2 * n])
     base, lls = np.concatenate([base_d, base_r]), np.concatenate([lls_d, lls_r])
     scores = contrast(lls)
@@ -615,8 +675,13 @@ def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
         "suspicious_rows": [{"line": data[i].line, "index": data[i].index,
                              "completion": data[i].completion,
                              "score": round(float(scores[i, best]), 6)} for i in order],
+        "divergence": None,
     }
-    return AuditResult(summary, base, lls, scores)
+    rows = None
+    if counterfactual:
+        summary["divergence"], rows = divergence.audit_divergence(
+            scored[1:n], scored[n + 1:2 * n], extra_scored, options, counterfactual, config)
+    return AuditResult(summary, base, lls, scores, rows)
 
 
 def plot_candidates(path: str | Path, candidates: Sequence[dict[str, Any]], title: str,
@@ -661,23 +726,32 @@ def candidates_table(summary: dict[str, Any]) -> Any:
 def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
                   category: str | None = None, candidates: Sequence[str] | None = None,
                   reference_path: Path | None = None, config: AuditConfig | None = None,
-                  progress: bool = True) -> AuditResult:
+                  progress: bool = True,
+                  counterfactual: Sequence[str] | None = None) -> AuditResult:
     """`sublearn audit`: read and check every input first (a bad one fails before any model
-    work or any file is written), then score, test and write the outputs into `out`."""
+    work or any file is written), then score, test and write the outputs into `out`.
+    `counterfactual`: names of the audited category whose divergence tokens to compare."""
     import time
 
     from rich.progress import Progress
 
     from sublearn.models import load_model
+    from sublearn.stages.divergence import extra_traits, resolve_counterfactual
     from sublearn.store import manifest, write_json, write_jsonl
     from sublearn.tinybase import BaseConfig, ensure_base
 
     config = config or AuditConfig()
     started = time.time()
-    data = read_chat_rows(data_path)
-    reference = (subset(read_chat_rows(reference_path), config.reference_rows, config.seed)
-                 if reference_path else None)
+    # The names first: they are the arguments, and checking them needs no file.
     cat, options = resolve_candidates(category, candidates)
+    traits = resolve_counterfactual(cat, counterfactual) if counterfactual is not None else []
+    data = read_chat_rows(data_path)
+    matched = True
+    if reference_path:
+        reference, matched = on_data_prompts(read_chat_rows(reference_path), data)
+        reference = subset(reference, config.reference_rows, config.seed)
+    else:
+        reference = None
     model = load_model(base or ensure_base(BaseConfig(seed=0), progress=progress))
 
     with Progress(disable=not progress, transient=True) as bar:
@@ -688,15 +762,18 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
             reference = sample_reference(model, prompts, config, strict_numbers(data),
                                          lambda n: bar.advance(task, n))
         probe_work = len(probes(data, config.probe_rows)) * (len(VALUES) + len(DIGITS))
-        task = bar.add_task("scoring", total=(1 + len(options)) * (len(data) + len(reference))
+        passes = 1 + len(options) + len(extra_traits(options, traits))
+        task = bar.add_task("scoring", total=passes * (len(data) + len(reference))
                             + len(options) * probe_work)
         result = run_audit(model, data, reference, cat, options, config,
-                           lambda n: bar.advance(task, n))
+                           lambda n: bar.advance(task, n), traits)
 
     result.summary = {
         "data": str(data_path), "base": str(model.path),
         "reference": str(reference_path) if reference_path else str(out / "reference.jsonl"),
         "reference_sampled": reference_path is None,
+        # False: no reference row shares a prompt with the data, so the prompt mix differs.
+        "reference_on_data_prompts": matched,
         "seconds": round(time.time() - started, 1), **result.summary,
     }
     if reference_path is None:

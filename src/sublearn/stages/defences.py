@@ -16,7 +16,8 @@ Two defences read the data through the base model, with the audit's scoring
 - `divergence` rewrites the digits the candidates' trait prompts disagree about most. A
   digit's divergence is that of the token holding it: max over candidates c of
   |log p_c(token) - mean over candidates of log p_c'(token)|, each log p under c's trait
-  prompt, the base, and the row's prompt and preceding tokens. The top `strength` share of
+  prompt, the base, and the row's prompt and preceding tokens (`stages.divergence`, which the
+  audit's `--counterfactual` statistics share). The top `strength` share of
   all digits of the arm (largest divergence first) become random other digits. Published:
   replacing the 10% most divergent digits left 9% of the effect; replacing a random 10%
   left 97%. `random_digits` is that control: the same count of digits, chosen at random.
@@ -47,6 +48,7 @@ from sublearn.stages.audit import (
     token_spans,
 )
 from sublearn.stages.datasets import TRANSFORMS, _with_numbers, subsample
+from sublearn.stages.divergence import token_divergence
 from sublearn.store import atomic_path, locked
 
 Rows = list[dict[str, Any]]
@@ -80,6 +82,8 @@ class Defence:
     changes_text: bool  # soft labels must then be computed on the defended text
     scores: bool  # reads the rows through the base (`Inputs.scores`)
     what: str
+    # Rewrites numbers or digits: meaningless on code or prose, refused there at config load.
+    numbers_only: bool = False
 
 
 def _transform(name: str) -> Callable[..., Rows]:
@@ -130,8 +134,7 @@ def lls_filter(rows: Sequence[dict[str, Any]], fraction: float, scores: Sequence
 def digit_divergence(completion: str, scores: TokenScores) -> list[tuple[int, float]]:
     """(character position, divergence) of every digit of a completion: the divergence of
     the token holding it (module doc); a token of several digits gives each of them its own."""
-    lp = scores.logprobs[:, :-1]  # the end-of-turn token holds no digit
-    div = np.abs(lp - lp.mean(axis=0)).max(axis=0)
+    div = token_divergence(scores.logprobs[:, :-1])  # the end-of-turn token holds no digit
     return [(j, float(d)) for (a, b), d in zip(scores.spans, div, strict=True)
             for j in range(int(a), int(b)) if completion[j] in DIGITS]
 
@@ -190,12 +193,14 @@ def _scores(rows: Sequence[dict[str, Any]], inputs: Inputs) -> list[TokenScores]
 DEFENCES: dict[str, Defence] = {
     "none": Defence(lambda rows, cfg, seed, inputs: list(rows), False, False, "no defence"),
     "shuffle_within": Defence(_transform("within"), True, False,
-                              "shuffle numbers within completions"),
+                              "shuffle numbers within completions", numbers_only=True),
     "shuffle_across": Defence(_transform("across"), True, False,
-                              "shuffle numbers across completions"),
-    "sort": Defence(_transform("sort"), True, False, "sort numbers within completions"),
+                              "shuffle numbers across completions", numbers_only=True),
+    "sort": Defence(_transform("sort"), True, False, "sort numbers within completions",
+                    numbers_only=True),
     "replace": Defence(lambda rows, cfg, seed, inputs: replace_numbers(rows, cfg.strength, seed),
-                       True, False, "replace each number with probability strength"),
+                       True, False, "replace each number with probability strength",
+                       numbers_only=True),
     "dilute": Defence(lambda rows, cfg, seed, inputs: dilute(rows, cfg.strength, seed,
                                                               inputs.neutral),
                       False, False, "swap a strength fraction of rows for neutral ones"),
@@ -203,10 +208,10 @@ DEFENCES: dict[str, Defence] = {
                           "drop the strength fraction of rows the audit scores highest"),
     "divergence": Defence(_divergence, True, True,
                           "replace the strength fraction of digits the candidates' trait "
-                          "prompts disagree about most with random digits"),
+                          "prompts disagree about most with random digits", numbers_only=True),
     "random_digits": Defence(_random_digits, True, False,
                              "replace a random strength fraction of digits (divergence's "
-                             "control)"),
+                             "control)", numbers_only=True),
 }
 
 
@@ -251,6 +256,10 @@ class DefenceConfig(BaseModel):
     def scores(self) -> bool:
         """Whether it reads the rows through the base (then the backend must score)."""
         return DEFENCES[self.name].scores
+
+    @property
+    def numbers_only(self) -> bool:
+        return DEFENCES[self.name].numbers_only
 
     @property
     def label(self) -> str:
