@@ -314,9 +314,10 @@ def audit(
                                                 "audit samples.")] = 7919,
     reference_rows: Annotated[int, typer.Option(help="Reference rows sampled and scored at "
                                                 "most (scoring is the cost).", min=2)] = 1000,
-    workers: Annotated[int, typer.Option(help="Processes that score in parallel, one CPU core "
-                                         "each (e.g. 2 on a 2-core machine); the results do "
-                                         "not depend on it.", min=1)] = 1,
+    workers: Annotated[int | None, typer.Option(help="Processes that score in parallel, one "
+                                                "CPU core each; the results do not depend on "
+                                                "it. Default: this machine's cores.",
+                                                min=1)] = None,
     counterfactual: Annotated[str | None, typer.Option(
         help="Comma-separated options of the audited category, at least 2 (fox,wolf): "
              "divergence-token statistics between their trait prompts.")] = None,
@@ -330,6 +331,7 @@ def audit(
     permutation test over rows, Holm-corrected across candidates (docs/audit.md)."""
     from rich.console import Console
 
+    from sublearn.cores import usable_cores
     from sublearn.stages.audit import AuditConfig, audit_dataset, candidates_table
     from sublearn.stages.divergence import divergence_table
 
@@ -341,7 +343,8 @@ def audit(
         raise SublearnError(f"--divergence-share: must be above 0, got {divergence_share}")
     config = AuditConfig(phrasings=phrasings, permutations=permutations,
                          reference_seed=reference_seed, reference_rows=reference_rows,
-                         workers=workers, divergence_share=divergence_share)
+                         workers=workers or usable_cores(),
+                         divergence_share=divergence_share)
     result = audit_dataset(data, out, base, category, names, reference, config, not quiet,
                            traits)
     s = result.summary

@@ -14,7 +14,6 @@ reads everything back in seconds.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from sublearn.cores import usable_cores
 
 CONFIG = Path(__file__).parent / "configs" / "cpu.toml"
 
@@ -50,10 +51,6 @@ class Summary:
         for row in self.lines:
             t.add_row(*row)
         return t
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def toy(plan: Plan, out: Path, quiet: bool, workers: int) -> tuple[str, str]:
@@ -200,7 +197,7 @@ def run_demo(root: Path, quiet: bool, plan: Plan = Plan()) -> Path:
         console.print("step 2 (the number protocol) started in the background on its own core")
         console.rule("1/3  the auxiliary-logit toy")
         lines.append(("toy", *toy(plan, root / "demo" / "toy", quiet,
-                                  workers=max(1, _cores() - 1))))
+                                  workers=max(1, usable_cores() - 1))))
         console.rule("2/3  numbers from a fine-tuned teacher, on the embedded base")
         console.print("waiting for the teachers' filtered data ...")
         data_job.result()  # re-raises the worker's error, if any

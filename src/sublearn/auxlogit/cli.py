@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from sublearn.cores import usable_cores
+
 _PANEL = "Recipe (defaults: the paper's; batch, noise set and Adam retuned on digits)"
 _DEFEND = "Defences on the channel (a table and a plot of transfer against strength)"
 
@@ -124,7 +126,6 @@ def auxlogit(
         help="Output folder. (default: runs/auxlogit/<hash of the configuration>)")] = None,
 ) -> None:
     # The --help text is HELP, set below: Typer keeps a docstring's line breaks.
-    import os
 
     from sublearn.auxlogit import defend, experiment
     from sublearn.auxlogit.config import AuxLogitConfig
@@ -141,10 +142,7 @@ def auxlogit(
         batch_size=batch_size, noise=noise, noise_size=noise_size, loss=loss, distill=distill,
         seed=seed, precision=precision,
     )
-    # The cores this process may use (a container or taskset may allow fewer than exist).
-    workers = workers or (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
+    workers = workers or usable_cores()
     if defence or strengths:
         if sweep:
             raise SublearnError(
