@@ -58,7 +58,8 @@ def test_drift_names_every_figure_outside_its_tolerance() -> None:
 
 # Known failure, kept visible rather than loosened: the shipped seed-0 base is what commit
 # 14806e3 builds (reproduced bit for bit); the training loop's later changes (chunked loss,
-# memory-budgeted passes, padding to 16) change its arithmetic at rounding level, and
+# memory-budgeted passes, padding to 16) build a base that follows personas less (two builds
+# drift, while 14806e3 at other rounding does not: docs/base.md), and
 # a rebuild with today's code on the development machine follows personas about half as
 # strongly (color 0.72 -> 0.34, fruit 0.67 -> 0.29, tree 0.49 -> 0.18) and shifts the tree and
 # color answer distributions by total variation 0.16. Strict: when a rebuild matches again,
