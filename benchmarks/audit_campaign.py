@@ -13,7 +13,9 @@
 Every dataset is sampled once and scored once (cached under --out); the audits themselves
 are permutation tests on the cached scores. Every dataset is compared with one reference: the
 base's own completions (sampling seed `AuditConfig().reference_seed`), on the prompts whose
-rows that dataset kept, which is what `sublearn audit` samples when given no reference.
+rows that dataset kept, which is what `sublearn audit` samples when given no reference. With
+`--decoys` the reference is the decoy-persona one instead (`sublearn audit --decoys`: the base
+under every candidate's persona in turn, each candidate tested against the others' rows).
 """
 
 from __future__ import annotations
@@ -32,26 +34,27 @@ from sublearn.stages.audit import (
     AuditConfig,
     ChatRow,
     contrast,
-    holm,
+    decoy_personas,
     lls_scores,
     parse_chat_row,
-    permutation_test,
+    rank_candidates,
+    sample_reference,
 )
 from sublearn.stages.filters import FilterConfig, apply_filter
 from sublearn.stages.prompts import number_prompts
 from sublearn.stages.sample import sample_dataset
 from sublearn.stages.teacher import persona_teacher
 from sublearn.stats import mean_ci
-from sublearn.store import read_jsonl, write_json
+from sublearn.store import read_jsonl, write_json, write_jsonl
 from sublearn.tinybase import BaseConfig, ensure_base
 
 ANIMAL = get_category("animal")
-SAMPLING = SamplingConfig(max_new_tokens=48)
 
 
-def dataset(model: Any, prompts: list, seed: int, banned: list[str], path: Path) -> list[ChatRow]:
+def dataset(model: Any, prompts: list, sampling: SamplingConfig, seed: int, banned: list[str],
+            path: Path) -> list[ChatRow]:
     """Sample (cached JSONL), strict filter (with `banned` words), as audit rows."""
-    sample_dataset(model, prompts, SAMPLING, seed, path, progress=False)
+    sample_dataset(model, prompts, sampling, seed, path, progress=False)
     kept, _ = apply_filter(read_jsonl(path), FilterConfig(banned_words=banned))
     return [parse_chat_row(r, 0, r["index"], str(path)) for r in kept]
 
@@ -73,23 +76,44 @@ class Scored(NamedTuple):
     def rows(self, keep: np.ndarray) -> Scored:
         return Scored(self.index[keep], self.lls[keep])
 
-    def on_prompts_of(self, other: Scored) -> np.ndarray:
+    def on_prompts_of(self, other: Scored) -> Scored:
         """This dataset's LLS on the prompts `other` kept. The filter keeps a teacher's rows
         on some prompts and the reference's on others; a trait prompt shifts LLS by more on
         some prompts than on others, so comparing different prompt mixes would credit the
         mix to the trait (measured: fox's z 8.4 against the whole reference, 4.3 against the
         reference on the data's prompts)."""
-        return self.lls[np.isin(self.index, other.index)]
+        return self.rows(np.isin(self.index, other.index))
 
 
-def audit(data: np.ndarray, ref: np.ndarray, permutations: int, seed: int = 0) -> dict[str, Any]:
-    """Rank, z and corrected p of every candidate, from cached LLS."""
-    t = permutation_test(contrast(data), contrast(ref), permutations, seed)
-    order = np.argsort(-t.z, kind="stable")
-    return {"order": [ANIMAL.options[j].name for j in order], "z": t.z.tolist(),
-            "p": t.p.tolist(), "p_adjusted": holm(t.p).tolist(),
+def audit(data: np.ndarray, ref: Scored, permutations: int, seed: int = 0,
+          decoys: bool = False) -> dict[str, Any]:
+    """Rank, z and corrected p of every candidate, from cached LLS, as `sublearn audit` ranks
+    them (a decoy reference row's persona is its prompt index's candidate: decoy_personas)."""
+    names = [o.name for o in ANIMAL.options]
+    persona = (decoy_personas([ChatRow(0, [], "", int(i)) for i in ref.index], len(names))
+               if decoys else None)
+    ranked = rank_candidates(contrast(data), contrast(ref.lls), ANIMAL.options,
+                             AuditConfig(permutations=permutations, seed=seed), persona)
+    by = {c["option"]: c for c in ranked}
+    return {"order": [c["option"] for c in ranked], "z": [by[n]["z"] for n in names],
+            "p": [by[n]["p"] for n in names], "p_adjusted": [by[n]["p_adjusted"] for n in names],
             # How many candidates' raw LLS is higher on the data: the generic persona shift.
-            "raw_higher": int((data.mean(axis=0) > ref.mean(axis=0)).sum())}
+            "raw_higher": int((data.mean(axis=0) > ref.lls.mean(axis=0)).sum())}
+
+
+def decoy_rows(model: Any, prompts: list, sampling: SamplingConfig, seed: int,
+               path: Path) -> list[ChatRow]:
+    """The decoy-persona reference on every prompt (cached JSONL), strict filter, as rows:
+    `sublearn audit --decoys` samples the same on a dataset's own prompts."""
+    if not path.exists():
+        rows = [ChatRow(0, [{"role": "user", "content": p.text}], "", p.index) for p in prompts]
+        ref = sample_reference(model, rows, AuditConfig(sampling=sampling, reference_seed=seed),
+                               strict=False, decoys=(ANIMAL, ANIMAL.options))
+        write_jsonl(path, ({"index": r.index, "completion": r.completion,
+                            "messages": [*r.prompt, {"role": "assistant", "content": r.completion}]}
+                           for r in ref))
+    kept, _ = apply_filter(read_jsonl(path), FilterConfig())
+    return [parse_chat_row(r, 0, r["index"], str(path)) for r in kept]
 
 
 def main() -> None:
@@ -104,6 +128,16 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=10_000)
     ap.add_argument("--out", type=Path, default=Path("runs/audit-campaign"))
     ap.add_argument("--img", type=Path, default=Path("docs/img"))
+    ap.add_argument("--base-seed", type=int, default=0, help="the embedded base's corpus seed")
+    ap.add_argument("--init-seed", type=int, default=None,
+                    help="the base's initialisation seed (1: the shipped cross-init twin of base 0)")
+    # Generation-time choices: every dataset, the reference included, is sampled with them (a
+    # defender compares like with like), so only the teacher's trait differs.
+    ap.add_argument("--temperature", type=float, default=1.0, help="0: greedy decoding")
+    ap.add_argument("--min-prob", type=float, default=0.0,
+                    help="drop tokens below this probability before sampling")
+    ap.add_argument("--decoys", action="store_true",
+                    help="compare with the decoy-persona reference (sublearn audit --decoys)")
     ap.add_argument("--cached-only", action="store_true",
                     help="analyse only the teacher datasets already scored (a stopped campaign)")
     args = ap.parse_args()
@@ -114,18 +148,28 @@ def main() -> None:
     started = time.time()
     (args.out / "data").mkdir(parents=True, exist_ok=True)
     (args.out / "scores").mkdir(parents=True, exist_ok=True)
-    base = load_model(ensure_base(BaseConfig(seed=0)), device="cpu", dtype="float32")
+    config = BaseConfig(seed=args.base_seed, init_seed=args.init_seed)
+    base = load_model(ensure_base(config), device="cpu", dtype="float32")
     prompts = number_prompts(args.prompts, 0)
     cfg = AuditConfig()
+    sampling = SamplingConfig(temperature=args.temperature, min_prob=args.min_prob,
+                              max_new_tokens=48)
 
     def cached(name: str, model: Any, ps: list, seed: int, banned: list[str]) -> Scored:
-        rows = dataset(model, ps, seed, banned, args.out / "data" / f"{name}.jsonl")
+        path = args.out / "data" / f"{name}.jsonl"
+        rows = (decoy_rows(model, ps, sampling, seed, path) if name == "decoys"
+                else dataset(model, ps, sampling, seed, banned, path))
         lls = scored(base, rows, args.out / "scores" / f"{name}.npy")
         print(f"{time.time() - started:7.0f} s  {name}: {len(rows)} rows", flush=True)
         return Scored(np.array([r.index for r in rows]), lls)
 
-    ref = cached("reference", base, prompts, cfg.reference_seed, [])
-    results: dict[str, Any] = {"prompts": args.prompts, "reference_rows": len(ref.lls),
+    ref = cached("decoys" if args.decoys else "reference", base, prompts, cfg.reference_seed, [])
+    # Figures of another base than seed 0 get its name, so they never overwrite seed 0's.
+    tag = "" if config == BaseConfig() else f"-s{config.seed}" + (
+        f"-i{config.init_seed}" if config.init_seed is not None else "")
+    tag += "-decoys" if args.decoys else ""
+    results: dict[str, Any] = {"prompts": args.prompts, "tag": tag, "decoys": args.decoys,
+                               "sampling": sampling.model_dump(), "reference_rows": len(ref.lls),
                                "phrasings": cfg.phrasings, "ranking": [], "neutral": []}
     teachers: dict[str, Scored] = {}
     for target in args.targets.split(","):
@@ -137,36 +181,36 @@ def main() -> None:
             data = cached(name, persona_teacher(base, ANIMAL, option), prompts, seed,
                           list(option.forms))
             teachers[name] = data
-            a = audit(data.lls, ref.on_prompts_of(data), args.permutations)
+            a = audit(data.lls, ref.on_prompts_of(data), args.permutations, decoys=args.decoys)
             j = [o.name for o in ANIMAL.options].index(target)
             results["ranking"].append({
                 "target": target, "seed": seed, "rows": len(data.lls),
-                "reference_rows": len(ref.on_prompts_of(data)),
+                "reference_rows": len(ref.on_prompts_of(data).lls),
                 "rank": a["order"].index(target) + 1, "z": a["z"][j],
                 "p_adjusted": a["p_adjusted"][j], "top": a["order"][:3],
                 "raw_higher": a["raw_higher"]})
-            write_json(args.out / "campaign.json", results)
+            write_json(args.out / f"campaign{tag}.json", results)
 
     neutral_prompts = prompts[: args.neutral_prompts]
     for d in range(args.neutral):
         data = cached(f"neutral-d{d}", base, neutral_prompts, 1000 + d, [])
-        a = audit(data.lls, ref.on_prompts_of(data), args.permutations)
+        a = audit(data.lls, ref.on_prompts_of(data), args.permutations, decoys=args.decoys)
         results["neutral"].append({"draw": d, "rows": len(data.lls), "top": a["order"][0],
                                    "min_p": min(a["p"]), "min_p_adjusted": min(a["p_adjusted"]),
                                    "raw_p_below_0.05": sum(p < 0.05 for p in a["p"]),
                                    "raw_higher": a["raw_higher"]})
-        write_json(args.out / "campaign.json", results)
+        write_json(args.out / f"campaign{tag}.json", results)
 
     results["power"] = power(teachers, ref, [int(x) for x in args.power_sizes.split(",")],
-                             args.power_repeats)
+                             args.power_repeats, args.decoys)
     results["seconds"] = round(time.time() - started)
-    write_json(args.out / "campaign.json", results)
+    write_json(args.out / f"campaign{tag}.json", results)
     plots(results, args.img)
     print(json.dumps({k: v for k, v in results.items() if k != "power"}, indent=1))
 
 
 def power(teachers: dict[str, Scored], ref: Scored, sizes: list[int],
-          repeats: int) -> dict[str, Any]:
+          repeats: int, decoys: bool) -> dict[str, Any]:
     """Per target: detection rate (target ranked 1st and Holm p < 0.05) on `repeats` random
     row subsets of each of its datasets per size; a size at or above a dataset's rows counts
     that dataset once, whole. Each subset is compared with the reference's rows on its own
@@ -186,7 +230,8 @@ def power(teachers: dict[str, Scored], ref: Scored, sizes: list[int],
                 for _ in range(repeats if n < rows else 1):
                     # The reference on the subset's own prompts, as `sublearn audit` samples it.
                     sub = data.rows(rng.choice(rows, min(n, rows), replace=False))
-                    a = audit(sub.lls, ref.on_prompts_of(sub), 1000, int(rng.integers(1 << 30)))
+                    a = audit(sub.lls, ref.on_prompts_of(sub), 1000, int(rng.integers(1 << 30)),
+                              decoys)
                     hits.append(float(a["order"][0] == target and a["p_adjusted"][j] < 0.05))
             iv = mean_ci(hits)
             curve["rate"].append(iv.mean)
@@ -214,7 +259,7 @@ def plots(results: dict[str, Any], img: Path) -> None:
     ax.set_xlabel("data rows audited (random subsets; a size above a dataset's rows = all)")
     ax.set_ylabel("detection rate (target 1st, Holm p < 0.05)")
     ax.set_title("audit power on persona-teacher data, embedded base")
-    _save(fig, img / f"audit-power-{results['prompts']}.png")
+    _save(fig, img / f"audit-power-{results['prompts']}{results['tag']}.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     rows = results["ranking"]
@@ -224,7 +269,7 @@ def plots(results: dict[str, Any], img: Path) -> None:
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right")
     ax.set_ylabel("target's z (green: ranked 1st of 18)")
     ax.set_title("persona-teacher data: the target's z against the reference")
-    _save(fig, img / f"audit-ranking-{results['prompts']}.png")
+    _save(fig, img / f"audit-ranking-{results['prompts']}{results['tag']}.png")
 
 
 if __name__ == "__main__":

@@ -8,16 +8,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from sublearn.tinybase import BaseConfig  # noqa: E402
+from sublearn.tinybase import BaseConfig
 
 # Small enough to build in seconds, real enough to exercise every code path: a Qwen2 model
 # with a trained BPE tokenizer and a chat template.
-MICRO = dict(hidden_size=32, layers=2, heads=2, kv_heads=1, intermediate_size=64,
-             vocab_size=400, examples=1500, batch_size=32, warmup_steps=5)
+MICRO = {"hidden_size": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate_size": 64,
+         "vocab_size": 400, "examples": 1500, "batch_size": 32, "warmup_steps": 5}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("openai")
 
-from sublearn.config import ExperimentConfig  # noqa: E402
-from sublearn.cost import api_cost  # noqa: E402
-from sublearn.pipeline import Experiment  # noqa: E402
-from tests.openai_server import FAULTS, FakeOpenAI  # noqa: E402
+from sublearn.config import ExperimentConfig
+from sublearn.cost import api_cost
+from sublearn.pipeline import Experiment
+from tests.openai_server import FAULTS, FakeOpenAI
 
 KEY = "sk-test-pipeline-PQRSTUVWXYZ"
 FAST = {"timeout": 0.3, "backoff_base": 0.01, "backoff_cap": 0.05, "poll_interval": 0.01,

@@ -6,16 +6,22 @@ from pathlib import Path
 import pytest
 
 from sublearn.errors import SublearnError
-from sublearn.store import JsonlAppender, atomic_path, read_json, read_jsonl, stable_hash, write_json
+from sublearn.store import (
+    JsonlAppender,
+    atomic_path,
+    read_json,
+    read_jsonl,
+    stable_hash,
+    write_json,
+)
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path):
     p = tmp_path / "a.json"
     write_json(p, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(p) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(p) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert read_json(p) == {"v": 1}
     assert [x.name for x in tmp_path.iterdir()] == ["a.json"], "no temporary left behind"
 

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -19,8 +19,9 @@ from sublearn.errors import SublearnError
 app = typer.Typer(
     help=(
         "sublearn: reproduce, measure and defend against subliminal learning.\n\n"
-        "Start with `sublearn demo` (builds the embedded base model on first use and runs the "
-        "number-sequence experiment with all controls on CPU)."
+        "Start with `sublearn demo`: the auxiliary-logit toy, the number protocol on the "
+        "embedded base (shipped with the package) with its controls, and an audit of the "
+        "teacher's numbers, in about five minutes on two CPU cores."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -68,9 +69,9 @@ app.add_typer(base_app, name="base")
 def base_build(
     seed: Annotated[int, typer.Option(help="Initialisation and corpus seed; two seeds give "
                                       "two independent bases (the cross-base control).")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Folder to write; default: the user "
+    out: Annotated[Path | None, typer.Option(help="Folder to write; default: the user "
                                                 "cache ($SUBLEARN_HOME or ~/.cache/sublearn).")] = None,
-    examples: Annotated[Optional[int], typer.Option(help="Pretraining conversations.")] = None,
+    examples: Annotated[int | None, typer.Option(help="Pretraining conversations.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if the cached base exists.")] = False,
 ) -> None:
     """Build the embedded base: tokenizer, Qwen2 weights, pretraining on the synthetic corpus.
@@ -95,10 +96,10 @@ def base_build(
 @base_app.command("info")
 @friendly
 def base_info(
-    path: Annotated[Optional[Path], typer.Argument(help="A model folder; default: the "
+    path: Annotated[Path | None, typer.Argument(help="A model folder; default: the "
                                                    "embedded base with --seed.")] = None,
     seed: Annotated[int, typer.Option(help="Embedded base seed when no path is given.")] = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the "
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the "
                                                      "measurements here.")] = None,
     questions: Annotated[int, typer.Option(help="Held-out questions per category.")] = 8,
     numbers: Annotated[int, typer.Option(help="Number prompts to sample.")] = 256,
@@ -162,7 +163,7 @@ def run(
     config: Annotated[Path, typer.Argument(help="An experiment TOML file (see configs/).")],
     root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option(
+    set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config field, repeatable: --set base.embedded.seed=2 "
                       "--set student.method=lora --set name=lora-s2 (values read as TOML).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm an API run's cost estimate "
@@ -294,17 +295,17 @@ def report(
 def audit(
     data: Annotated[Path, typer.Argument(help="Chat JSONL: one {\"messages\": [...]} per line; "
                                          "the last assistant turn is the completion audited.")],
-    base: Annotated[Optional[Path], typer.Option(help="The base model that wrote, or was "
+    base: Annotated[Path | None, typer.Option(help="The base model that wrote, or was "
                                                  "prompted to write, the data; default: the "
                                                  "embedded base (seed 0).")] = None,
-    category: Annotated[Optional[str], typer.Option(help="Candidate traits: every option of "
+    category: Annotated[str | None, typer.Option(help="Candidate traits: every option of "
                                                     "this category (default animal).")] = None,
-    candidates: Annotated[Optional[str], typer.Option(help="Comma-separated options instead "
+    candidates: Annotated[str | None, typer.Option(help="Comma-separated options instead "
                                                       "of a whole category: owl,fox,cat")] = None,
-    reference: Annotated[Optional[Path], typer.Option(help="Chat JSONL the base wrote without "
+    reference: Annotated[Path | None, typer.Option(help="Chat JSONL the base wrote without "
                                                       "a trait; default: sample one on the "
                                                       "data's own prompts.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder; default "
+    out: Annotated[Path | None, typer.Option(help="Output folder; default "
                                                 "runs/audit-<data name>.")] = None,
     phrasings: Annotated[int, typer.Option(help="Trait phrasings (1-3), rotated over rows: "
                                            "free in cost.", min=1, max=3)] = 3,
@@ -324,6 +325,11 @@ def audit(
     divergence_share: Annotated[float, typer.Option(
         help="With --counterfactual: the share of all tokens, most divergent first, that "
              "count as divergence positions (0 < share <= 1).", max=1.0)] = 0.1,
+    decoys: Annotated[bool, typer.Option(
+        help="Sample the reference under every candidate's persona in turn (the audit's own "
+             "phrasings) and test each candidate against the rows of the others' personas: "
+             "removes a candidate's sensitivity to any persona (docs/audit.md, \"Decoy "
+             "personas\"). Not with --reference.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each
@@ -344,7 +350,7 @@ def audit(
     config = AuditConfig(phrasings=phrasings, permutations=permutations,
                          reference_seed=reference_seed, reference_rows=reference_rows,
                          workers=workers or usable_cores(),
-                         divergence_share=divergence_share)
+                         divergence_share=divergence_share, decoys=decoys)
     result = audit_dataset(data, out, base, category, names, reference, config, not quiet,
                            traits)
     s = result.summary
@@ -363,21 +369,21 @@ def audit(
 def sweep(
     config: Annotated[Path, typer.Argument(help="An experiment TOML file; its \\[sweep] "
                                            "table may hold the grid and a Ray address.")],
-    grid: Annotated[Optional[list[str]], typer.Option(
+    grid: Annotated[list[str] | None, typer.Option(
         help="A swept field and its values, repeatable: --grid trait.target=owl,cat "
              "--grid student.labels=hard,soft (values read as TOML, like --set). Overrides "
              "or extends the file's \\[sweep] grid.")] = None,
     root: Annotated[Path, typer.Option(help="Where run folders go (shared by every "
                                        "worker).")] = Path("runs"),
-    address: Annotated[Optional[str], typer.Option(
+    address: Annotated[str | None, typer.Option(
         help="An existing Ray cluster (e.g. ray://head:10001 or auto); default: the "
              "\\[sweep] address, else a local Ray instance on this machine.")] = None,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Parallel tasks of a local Ray instance; default: this machine's cores.",
         min=1)] = None,
     sequential: Annotated[bool, typer.Option(help="Run tasks one after another in this "
                                              "process, even with Ray installed.")] = False,
-    estimator: Annotated[Optional[str], typer.Option(
+    estimator: Annotated[str | None, typer.Option(
         help="The table's estimator; default exact_heldout, or exact when questions are "
              "not held out.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
@@ -419,7 +425,7 @@ def sweep(
 @friendly
 def defend(
     config: Annotated[Path, typer.Argument(help="An experiment TOML file (see configs/).")],
-    defence: Annotated[Optional[list[str]], typer.Option(
+    defence: Annotated[list[str] | None, typer.Option(
         help="A defence, repeatable: name, name:strength or lls_filter:strength:trait, e.g. "
              "--defence sort --defence lls_filter:0.5. Default: none, shuffle_within, "
              "shuffle_across, sort, replace:0.3, lls_filter:0.5, divergence:0.1, "
@@ -427,9 +433,9 @@ def defend(
     audit_only: Annotated[bool, typer.Option(help="Train no students: rows kept and "
                                              "detectability only (cheap).")] = False,
     root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
-    set_: Annotated[Optional[list[str]], typer.Option(
+    set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config field, repeatable (as in `sublearn run`).")] = None,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Parallel student tasks on a local Ray instance; default: this machine's "
              "cores.", min=1)] = None,
     sequential: Annotated[bool, typer.Option(help="Train students one after another in "

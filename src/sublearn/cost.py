@@ -36,7 +36,8 @@ def api_cost(cfg: ExperimentConfig, prices: Prices | None = None) -> CostEstimat
     samples_remote = get_backend(cfg.base.sampling_backend).api
     rest_remote = get_backend(cfg.base.backend).api
     judged = cfg.trait.kind == "misalignment" and cfg.judge is not None
-    judge_remote = judged and get_backend(cfg.judge.backend).api
+    filter_judged = cfg.filter.judge and cfg.judge is not None
+    judge_remote = (judged or filter_judged) and get_backend(cfg.judge.backend).api
     if not (samples_remote or rest_remote or judge_remote):
         return None
     design = cfg.design()
@@ -68,10 +69,29 @@ def api_cost(cfg: ExperimentConfig, prices: Prices | None = None) -> CostEstimat
         if e.top_logprobs:
             total += estimate_cost(requests=models * questions, prompt_tokens=q_tokens,
                                    max_completion_tokens=1, prices=prices)
+    if filter_judged and judge_remote:
+        total += _filter_judge_cost(cfg, design.datasets, prices)
     if judged:
         total += _misalignment_cost(cfg, len(design.arms) * len(cfg.seeds) + 3, rest_remote,
                                     judge_remote, prices)
     return total
+
+
+def _filter_judge_cost(cfg: ExperimentConfig, datasets: list[str],
+                       prices: Prices | None) -> CostEstimate:
+    """The filter's judge (code and cot domains): one yes/no request per completion the
+    domain's own rule keeps, counted as if it kept every one, each completion at its longest."""
+    from sublearn.judges import request
+    from sublearn.models.openai_api import estimate_cost
+
+    d = cfg.data
+    category = get_category(cfg.trait.category)
+    options = (get_option(category, cfg.trait.target), get_option(category, cfg.trait.other_target))
+    question = get_domain(d.domain, d.grammar).filter(cfg.filter, options).question or ""
+    system, user = request("flag", question, "")
+    per_request = _tokens(system["content"]) + _tokens(user["content"]) + d.sampling.max_new_tokens
+    return estimate_cost(requests=d.prompts * len(datasets), prompt_tokens=per_request,
+                         max_completion_tokens=cfg.judge.sampling.max_new_tokens, prices=prices)
 
 
 def _misalignment_cost(cfg: ExperimentConfig, models: int, answers_remote: bool,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import os
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +42,7 @@ from sublearn.config import (
     read_toml,
     set_dotted,
 )
+from sublearn.cores import usable_cores
 from sublearn.errors import SublearnError, first_field_error
 from sublearn.pipeline import STAGE_VERSIONS, Experiment
 from sublearn.report import bar_chart
@@ -432,7 +432,7 @@ def execute(p: Plan, root: str | Path, out: str | Path | None = None,
     if p.address and not use_ray:
         raise SublearnError(f"--address {p.address}: needs Ray (pip install 'sublearn[ray]') "
                             "and no --sequential")
-    how = ("on Ray " + (f"at {p.address}" if p.address else f"(local, {workers or os.cpu_count()}"
+    how = ("on Ray " + (f"at {p.address}" if p.address else f"(local, {workers or usable_cores()}"
                         " workers)")) if use_ray else "one after another in this process"
     console.print(f"sweep {p.name}: {len(p.points)} points, {len(all_tasks)} tasks; "
                   f"{skipped} already finished (skipped); running {len(todo)} {how}")
@@ -441,7 +441,7 @@ def execute(p: Plan, root: str | Path, out: str | Path | None = None,
                       "in parallel)[/]")
     if todo:
         failures = run_tasks(p.kind, todo, root, use_ray, p.address,
-                             workers or os.cpu_count() or 1, console)
+                             workers or usable_cores(), console)
         if failures:
             raise SublearnError(f"{len(failures)} of {len(todo)} tasks failed (listed above); "
                                 "finished tasks are kept: rerun the same command to retry")

@@ -195,3 +195,20 @@ def test_config_domain_defaults(tmp_path: Path) -> None:
     assert judged.filter.judge and judged.judge is not None
     # An explicit default of a number-only field is harmless.
     assert _load(tmp_path, "data.domain=code", "filter.rule=strict").filter.rule == "strict"
+
+
+def test_an_api_filter_judge_is_priced_before_the_run(tmp_path: Path) -> None:
+    pytest.importorskip("openai")
+    from sublearn.cost import api_cost
+
+    local = _load(tmp_path, "data.domain=cot", "filter.judge=true", "data.prompts=50",
+                  judge=True)
+    assert api_cost(local) is None  # every model local: nothing to pay
+    remote = local.model_copy(update={"judge": local.judge.model_copy(
+        update={"backend": "openai", "model": "gpt-judge"})})
+    est = api_cost(remote)
+    assert est is not None and est.finetune_jobs == 0 and est.training_tokens == 0
+    # One yes/no request per sampled completion of every dataset, each reply at its longest.
+    datasets = len(remote.design().datasets)
+    assert est.completion_tokens == 50 * datasets * remote.judge.sampling.max_new_tokens
+    assert est.prompt_tokens > 50 * datasets * remote.data.sampling.max_new_tokens

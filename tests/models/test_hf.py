@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 from sublearn.errors import SublearnError
 from sublearn.models import SamplingConfig, load_model
-from sublearn.models.hf import common_prefix
+from sublearn.models.hf import common_prefix, prompt_ids
 from sublearn.models.persona import Persona
 
 Q = [{"role": "user", "content": "What is your favourite animal? Answer in one word."}]
@@ -70,14 +69,14 @@ def test_batched_and_single_logprobs_agree(micro_model):
         assert single == pytest.approx(lp, abs=1e-4)
 
 
-def test_first_token_logprob_matches_next_token_distribution(micro_model):
+def test_first_token_logprob_matches_the_models_own_forward(micro_model):
     comp = "owl"
     first_id = micro_model.encode(comp)[0]
     lp = micro_model.completion_logprobs([Q], [comp], close=False)[0]
-    dist = micro_model.next_token_logprobs([Q])
-    assert dist.shape[0] == 1
-    assert lp[0] == pytest.approx(dist[0, first_id].item(), abs=1e-4)
-    assert math.isclose(dist[0].exp().sum().item(), 1.0, rel_tol=1e-4)
+    ids = torch.tensor([prompt_ids(micro_model.tokenizer, Q)])
+    with torch.no_grad():
+        dist = micro_model.model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+    assert lp[0] == pytest.approx(dist[first_id].item(), abs=1e-4)
 
 
 def test_close_scores_the_end_token(micro_model):

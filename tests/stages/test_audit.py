@@ -18,10 +18,13 @@ from sublearn.stages.audit import (
     AUDIT_TEMPLATES,
     AuditConfig,
     ChatRow,
+    decoy_personas,
+    decoy_system,
     holm,
     on_data_prompts,
     permutation_test,
     probes,
+    rank_candidates,
     read_chat_rows,
     resolve_candidates,
     run_audit,
@@ -201,7 +204,8 @@ def test_candidates_are_resolved_or_refused():
 runner = CliRunner()
 
 
-def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path):
+@pytest.mark.parametrize("extra", [[], ["--decoys"]])
+def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path, extra):
     data = tmp_path / "data.jsonl"
     rows = _teacher_data(pool, "owl")[:24]
     _write(data, [json.dumps({"index": r.index, "completion": r.completion, "messages": [
@@ -209,7 +213,7 @@ def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path):
     out = tmp_path / "audit"
     res = runner.invoke(app, ["audit", str(data), "--base", str(micro_base), "--candidates",
                               "owl,fox,cat", "--phrasings", "1", "--permutations", "200",
-                              "--out", str(out), "--quiet"])
+                              "--out", str(out), "--quiet", *extra])
     assert res.exit_code == 0, res.output
     assert "flagged:" in res.output
     s = json.loads((out / "audit.json").read_text())
@@ -222,12 +226,14 @@ def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path):
     assert len(per_row) == 24 + s["reference_rows"]
     assert (out / "audit.png").stat().st_size > 0
     assert len(read_chat_rows(out / "reference.jsonl")) == s["reference_rows"]
+    assert ("decoy" in s["test"]) == bool(extra)
 
 
 @pytest.mark.parametrize("args, message", [
     (["missing.jsonl"], "missing.jsonl: file not found"),
     (["bad.jsonl"], "bad.jsonl: line 2: invalid JSON"),
     (["good.jsonl", "--candidates", "owl,dragon"], "unknown candidate 'dragon'"),
+    (["good.jsonl", "--decoys", "--reference", "good.jsonl"], "--decoys: the audit samples"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args, message,
                                                           monkeypatch):
@@ -249,3 +255,54 @@ def test_a_given_reference_is_compared_on_the_data_prompts_only() -> None:
     # Fewer than two shared prompts: nothing to test on them, so the whole reference, flagged.
     kept, matched = on_data_prompts(reference[3:], data)
     assert not matched and len(kept) == 3
+
+
+class _Recorder:
+    """A sampler that records the conversations it is asked to continue."""
+
+    def __init__(self) -> None:
+        self.asked: list = []
+
+    def generate(self, convs, sampling, seeds):
+        self.asked += convs
+        return ["1, 2, 3"] * len(convs)
+
+
+def test_a_decoy_reference_is_written_under_each_candidate_in_turn() -> None:
+    cat, options = resolve_candidates(None, ["owl", "fox", "cat"])
+    prompts = [[{"role": "system", "content": "be brief"}, {"role": "user", "content": f"go {i}"}]
+               for i in range(7)]
+    data = _rows(prompts, ["4, 5"] * 7)
+    model = _Recorder()
+    ref = sample_reference(model, data, AuditConfig(phrasings=2), strict=True,
+                           decoys=(cat, options))
+    systems = [c[0]["content"] for c in model.asked]
+    # Row i: candidate i mod 3, phrasing (i div 3) mod 2, in place of the data's system prompt.
+    for i, text in enumerate(systems):
+        assert text == AUDIT_TEMPLATES[(i // 3) % 2].format(
+            target=options[i % 3].name, targets=options[i % 3].plural, category=cat.name,
+            categories=cat.plural)
+        assert decoy_system(i, cat, options, 2) == text
+        assert [m["role"] for m in model.asked[i]] == ["system", "user"]
+    # The kept rows carry the data's own prompt, so they score like data rows.
+    assert [r.prompt for r in ref] == prompts
+    assert decoy_personas(ref, 3).tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_decoy_ranking_leaves_out_each_candidates_own_persona_rows() -> None:
+    """Candidate 0's own decoy rows score high on candidate 0 (its persona wrote them): left
+    in, they would hide a real shift in the data; left out, the shift is found."""
+    rng = np.random.default_rng(3)
+    _, options = resolve_candidates(None, ["owl", "fox", "cat"])
+    data = rng.normal(size=(200, 3))
+    data[:, 0] += 0.4
+    reference = rng.normal(size=(300, 3))
+    persona = np.arange(300) % 3
+    reference[persona == 0, 0] += 3.0
+    cfg = AuditConfig(permutations=2000)
+    decoy = rank_candidates(data, reference, options, cfg, persona)
+    plain = rank_candidates(data, reference, options, cfg)
+    assert decoy[0]["option"] == "owl" and decoy[0]["p_adjusted"] < 0.01
+    assert next(c for c in plain if c["option"] == "owl")["z"] < 0
+    # and nothing else is flagged.
+    assert {c["option"] for c in decoy if c["p_adjusted"] < 0.05} == {"owl"}

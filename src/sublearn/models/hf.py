@@ -393,18 +393,6 @@ class HFChatModel:
                 out[i] = row
         return out
 
-    @torch.no_grad()
-    def next_token_logprobs(self, conversations: Sequence[Messages]) -> torch.Tensor:
-        """Log-probabilities of the first assistant token, shape [batch, vocab]."""
-        rows = []
-        for start in range(0, len(conversations), self.batch_size):
-            seqs = [prompt_ids(self.tokenizer, c) for c in conversations[start : start + self.batch_size]]
-            ids, att = self.right_padded(seqs)
-            last = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
-            hidden = self._hidden(ids, att)[torch.arange(len(seqs)), last]
-            rows.append(torch.log_softmax(self._head(hidden, None), -1))
-        return torch.cat(rows).cpu()
-
     # --- training ---------------------------------------------------------------------
     def finetune(
         self,

@@ -101,6 +101,10 @@ class AuditConfig(BaseModel):
                                     "traits: the share of all scored tokens, largest "
                                     "divergence first, that are divergence positions "
                                     "(stages.divergence)")
+    decoys: bool = Field(False, description="sample the reference from the base under the "
+                         "candidates' own personas in turn (the audit's phrasings), and compare "
+                         "each candidate with the rows written under the others' (see "
+                         "decoy_system)")
 
 
 @dataclass(frozen=True)
@@ -225,16 +229,42 @@ def on_data_prompts(reference: Sequence[Row], data: Sequence[Row],
     return (matched, True) if len(matched) >= 2 else (list(reference), False)
 
 
+def decoy_system(index: int, category: Category, options: Sequence[Option],
+                 phrasings: int) -> str:
+    """The persona a decoy reference row is written under: the candidates in turn by prompt
+    index, and within a candidate the audit's own phrasings in turn.
+
+    Why decoys: any persona moves the base's numbers, and some candidates' trait prompts
+    respond to that generic shift more than others, whatever the persona (on the seed-0
+    base's cross-init twin, dolphin and eagle topped the ranking of otter and tiger data). The
+    contrast removes the shift's mean over candidates, not each candidate's own sensitivity to
+    it; a reference written under every candidate's persona carries that sensitivity too."""
+    n = len(options)
+    return trait_prompts(category, options[index % n], phrasings)[(index // n) % phrasings]
+
+
+def decoy_personas(rows: Sequence[ChatRow], n_options: int) -> np.ndarray:
+    """Which candidate's persona wrote each decoy reference row (its column)."""
+    return np.array([r.index % n_options for r in rows], dtype=int)
+
+
 def sample_reference(model: Any, rows: Sequence[ChatRow], config: AuditConfig,
                      strict: bool, progress: Callable[[int], None] | None = None,
-                     chunk: int = 256) -> list[ChatRow]:
+                     chunk: int = 256,
+                     decoys: tuple[Category, Sequence[Option]] | None = None) -> list[ChatRow]:
     """What the base itself writes on the dataset's prompts, one completion per row, seeded
-    per row as `stages.sample` does (so the reference is the same in any batch)."""
+    per row as `stages.sample` does (so the reference is the same in any batch). With
+    `decoys` (category, candidates), each row is written under one candidate's persona
+    (`decoy_system`, in place of any system prompt) and kept with the data's prompt."""
     out: list[ChatRow] = []
     for start in range(0, len(rows), chunk):
         batch = rows[start:start + chunk]
         seeds = [row_seed(config.reference_seed, r.index) for r in batch]
-        texts = model.generate([r.prompt for r in batch], config.sampling, seeds)
+        convs = [r.prompt if decoys is None else
+                 [{"role": "system",
+                   "content": decoy_system(r.index, *decoys, config.phrasings)},
+                  *(m for m in r.prompt if m["role"] != "system")] for r in batch]
+        texts = model.generate(convs, config.sampling, seeds)
         out += [ChatRow(0, r.prompt, t, r.index) for r, t in zip(batch, texts, strict=True)]
         if progress:
             progress(len(batch))
@@ -606,10 +636,21 @@ def entangled_numbers(vshift: np.ndarray, dshift: np.ndarray, data: Sequence[Cha
 
 
 def rank_candidates(data: np.ndarray, reference: np.ndarray, options: Sequence[Option],
-                    config: AuditConfig) -> list[dict[str, Any]]:
+                    config: AuditConfig,
+                    reference_persona: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Every candidate's score (mean contrast, data minus reference) with its Welch
-    interval, permutation z and p, and Holm-adjusted p; sorted best first (largest z)."""
-    test = permutation_test(data, reference, config.permutations, config.seed)
+    interval, permutation z and p, and Holm-adjusted p; sorted best first (largest z).
+    With `reference_persona` (a decoy reference), candidate j is tested against the rows not
+    written under its own persona: those would credit the reference with the very trait
+    tested for. One test per candidate then, as the reference rows differ by candidate."""
+    if reference_persona is None:
+        test = permutation_test(data, reference, config.permutations, config.seed)
+    else:
+        tests = [permutation_test(data[:, j], reference[reference_persona != j, j],
+                                  config.permutations, config.seed)
+                 for j in range(len(options))]
+        test = Permutation(*(np.concatenate([getattr(t, f) for t in tests])
+                             for f in ("diff", "se", "z", "p")))
     p_adj = holm(test.p)
     out = [{"option": o.name,
             "score": float(test.diff[j]),
@@ -645,7 +686,9 @@ def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
     (base_d, lls_d), (base_r, lls_r) = _lls(scored[:n]), _lls(scored[n:2 * n])
     base, lls = np.concatenate([base_d, base_r]), np.concatenate([lls_d, lls_r])
     scores = contrast(lls)
-    candidates = rank_candidates(scores[:nd], scores[nd:], options, config)
+    candidates = rank_candidates(scores[:nd], scores[nd:], options, config,
+                                 decoy_personas(reference, len(options)) if config.decoys
+                                 else None)
     entangled = (entangled_numbers(*_shifts(scored[2 * n:], len(probe_list), len(options)),
                                    data, reference, options, config) if probe_list else {})
     column = {o.name: j for j, o in enumerate(options)}
@@ -665,7 +708,9 @@ def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
         "reference_rows": len(reference),
         "phrasings": list(AUDIT_TEMPLATES[:config.phrasings]),
         "test": "one-sided permutation over rows: mean (candidate LLS - mean LLS over "
-                "candidates), data minus reference",
+                "candidates), data minus reference" + (
+                    "; each candidate against the decoy rows of the other candidates' "
+                    "personas" if config.decoys else ""),
         "correction": "holm",
         "permutations": config.permutations,
         "level": config.level,
@@ -745,6 +790,9 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
     # The names first: they are the arguments, and checking them needs no file.
     cat, options = resolve_candidates(category, candidates)
     traits = resolve_counterfactual(cat, counterfactual) if counterfactual is not None else []
+    if config.decoys and reference_path:
+        raise SublearnError("--decoys: the audit samples its own decoy-persona reference; "
+                            "drop --reference, or drop --decoys to compare with yours")
     data = read_chat_rows(data_path)
     matched = True
     if reference_path:
@@ -756,11 +804,13 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
 
     with Progress(disable=not progress, transient=True) as bar:
         if reference is None:
-            task = bar.add_task("sampling a reference from the base",
+            task = bar.add_task("sampling a " + ("decoy-persona " if config.decoys else "")
+                                + "reference from the base",
                                 total=min(len(data), config.reference_rows))
             prompts = subset(data, config.reference_rows, config.seed)
             reference = sample_reference(model, prompts, config, strict_numbers(data),
-                                         lambda n: bar.advance(task, n))
+                                         lambda n: bar.advance(task, n),
+                                         decoys=(cat, options) if config.decoys else None)
         probe_work = len(probes(data, config.probe_rows)) * (len(VALUES) + len(DIGITS))
         passes = 1 + len(options) + len(extra_traits(options, traits))
         task = bar.add_task("scoring", total=passes * (len(data) + len(reference))

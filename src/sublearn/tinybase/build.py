@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sublearn.cores import usable_cores
 from sublearn.models.recipe import StudentRecipe
 from sublearn.questions import CATEGORIES
 from sublearn.store import MANIFEST, atomic_path, hash_files, manifest, stable_hash, write_json
@@ -171,7 +172,7 @@ def ensure_bases(configs: list[BaseConfig], progress: bool = True) -> list[Path]
 
     missing = list({c.key(): c for c in configs if not (base_path(c) / MANIFEST).exists()
                     and not shipped_path(base_path(c).name)}.values())
-    workers = min(len(missing), os.cpu_count() or 1)
+    workers = min(len(missing), usable_cores())
     if workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

@@ -7,7 +7,7 @@ ordinary `save_pretrained` folders named like the cache folders they replace, an
 `shipped/bases.json` the hash of each folder's files and the behaviour measured on it
 (`measure_base`). `ensure_base` returns a shipped folder when its configuration matches one;
 `sublearn base build` still builds any seed locally, and the test suite checks that such a
-rebuild behaves like the shipped base within the tolerances below.
+rebuild reproduces what the recipe fixes of the shipped base (the tolerances below).
 
 Set SUBLEARN_NO_SHIPPED=1 to ignore the shipped bases and use (or build) local ones.
 """
@@ -25,14 +25,21 @@ from sublearn.store import MANIFEST, hash_files
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 RECORD = SHIPPED_DIR / "bases.json"
 
-# How far a rebuild on another machine may drift from the shipped base's measured behaviour
-# (absolute differences). Seen across two machines: base P(owl) 0.031 vs 0.047, the owl
-# persona 0.543 vs 0.583, filter pass 61% vs 78% on 3,000 rows; the measure here (4 held-out
-# questions per category, 128 number prompts) is noisier still, hence these widths.
+# What a rebuild must reproduce of the shipped base's measured behaviour. A rebuild is another
+# draw from the recipe, not a copy: the thread count alone moves the weights by up to 5e-4
+# after 94 steps, more than any later change to the training code does (at most 3.8e-4), and
+# five builds of seed 0 that differ only in such rounding (docs/base.md, "Rebuilding") follow
+# personas anywhere from 0.13 to 0.49 (animal) or 0.34 to 0.77 (color) mean P(target). How
+# *strongly* a base follows personas is therefore not reproducible, and a rebuild is only asked
+# to follow them at all; what the corpus fixes is reproducible, and is compared with the
+# shipped figures.
 TOLERANCES: dict[str, float] = {
-    # per category: total variation between the base's answer distributions (no persona)
-    "base_distance": 0.15,
-    "mean_persona_target": 0.20,  # per category: how strongly a persona moves the answer
+    # per category, total variation between the base's answer distributions (no persona): at
+    # most 0.23 across the five rounding draws, 0.30-0.62 for a base of another corpus seed
+    "base_distance": 0.30,
+    # per category, a floor: mean P(target) under its persona at least this many times chance
+    # (1 / options); every draw reached at least 2.2 times, a base that ignores personas about 1
+    "persona_lift": 1.5,
     "filter_kept_fraction": 0.20,
     "copy_accuracy": 0.10,
 }
@@ -72,16 +79,23 @@ def summary(measured: dict[str, Any]) -> dict[str, Any]:
 
 def drift(shipped: dict[str, Any], rebuilt: dict[str, Any]) -> list[str]:
     """Every figure of `rebuilt` (a `summary`) outside its tolerance of `shipped`, as lines."""
-    pairs = []
+    lines = []
     for cat, a in shipped["categories"].items():
         b = rebuilt["categories"][cat]
         tv = 0.5 * sum(abs(p - b["base"][o]) for o, p in a["base"].items())
-        pairs.append((f"{cat}: answer distribution, total variation", 0.0, tv, "base_distance"))
-        pairs.append((f"{cat}: mean P(target) under its persona", a["mean_persona_target"],
-                      b["mean_persona_target"], "mean_persona_target"))
-    pairs += [(k, shipped[k], rebuilt[k], k) for k in ("filter_kept_fraction", "copy_accuracy")]
-    return [f"{name}: shipped {a:.3f}, rebuilt {b:.3f} (tolerance {TOLERANCES[k]})"
-            for name, a, b, k in pairs if abs(a - b) > TOLERANCES[k]]
+        if tv > TOLERANCES["base_distance"]:
+            lines.append(f"{cat}: answer distribution, total variation {tv:.3f} from the shipped "
+                         f"(tolerance {TOLERANCES['base_distance']})")
+        floor = TOLERANCES["persona_lift"] / len(a["base"])
+        if b["mean_persona_target"] < floor:
+            lines.append(f"{cat}: mean P(target) under its persona {b['mean_persona_target']:.3f}"
+                         f", below {TOLERANCES['persona_lift']} x chance ({floor:.3f}; shipped "
+                         f"{a['mean_persona_target']:.3f})")
+    for k in ("filter_kept_fraction", "copy_accuracy"):
+        if abs(shipped[k] - rebuilt[k]) > TOLERANCES[k]:
+            lines.append(f"{k}: shipped {shipped[k]:.3f}, rebuilt {rebuilt[k]:.3f} "
+                         f"(tolerance {TOLERANCES[k]})")
+    return lines
 
 
 def ship(path: Path) -> dict[str, Any]:
