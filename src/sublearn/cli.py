@@ -328,8 +328,10 @@ def audit(
     decoys: Annotated[bool, typer.Option(
         help="Sample the reference under every candidate's persona in turn (the audit's own "
              "phrasings) and test each candidate against the rows of the others' personas: "
-             "removes a candidate's sensitivity to any persona (docs/audit.md, \"Decoy "
-             "personas\"). Not with --reference.")] = False,
+             "removes a candidate's sensitivity to any persona, which improves the ranking; "
+             "its p-values over-flag neutral data of a few hundred rows or more, so rank with "
+             "it what the plain audit flags (docs/audit.md, section 1b). Not with "
+             "--reference.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each

@@ -104,7 +104,8 @@ class AuditConfig(BaseModel):
     decoys: bool = Field(False, description="sample the reference from the base under the "
                          "candidates' own personas in turn (the audit's phrasings), and compare "
                          "each candidate with the rows written under the others' (see "
-                         "decoy_system)")
+                         "decoy_system): a better ranking, but p-values that over-flag "
+                         "neutral data of a few hundred rows or more (docs/audit.md, 1b)")
 
 
 @dataclass(frozen=True)
