@@ -90,8 +90,7 @@ def audit(data: np.ndarray, ref: Scored, permutations: int, seed: int = 0,
     """Rank, z and corrected p of every candidate, from cached LLS, as `sublearn audit` ranks
     them (a decoy reference row's persona is its prompt index's candidate: decoy_personas)."""
     names = [o.name for o in ANIMAL.options]
-    persona = (decoy_personas([ChatRow(0, [], "", int(i)) for i in ref.index], len(names))
-               if decoys else None)
+    persona = decoy_personas(ref.index, len(names)) if decoys else None
     ranked = rank_candidates(contrast(data), contrast(ref.lls), ANIMAL.options,
                              AuditConfig(permutations=permutations, seed=seed), persona)
     by = {c["option"]: c for c in ranked}
@@ -109,9 +108,7 @@ def decoy_rows(model: Any, prompts: list, sampling: SamplingConfig, seed: int,
         rows = [ChatRow(0, [{"role": "user", "content": p.text}], "", p.index) for p in prompts]
         ref = sample_reference(model, rows, AuditConfig(sampling=sampling, reference_seed=seed),
                                strict=False, decoys=(ANIMAL, ANIMAL.options))
-        write_jsonl(path, ({"index": r.index, "completion": r.completion,
-                            "messages": [*r.prompt, {"role": "assistant", "content": r.completion}]}
-                           for r in ref))
+        write_jsonl(path, (r.record() for r in ref))
     kept, _ = apply_filter(read_jsonl(path), FilterConfig())
     return [parse_chat_row(r, 0, r["index"], str(path)) for r in kept]
 

@@ -286,7 +286,7 @@ def test_a_decoy_reference_is_written_under_each_candidate_in_turn() -> None:
         assert [m["role"] for m in model.asked[i]] == ["system", "user"]
     # The kept rows carry the data's own prompt, so they score like data rows.
     assert [r.prompt for r in ref] == prompts
-    assert decoy_personas(ref, 3).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert decoy_personas([r.index for r in ref], 3).tolist() == [0, 1, 2, 0, 1, 2, 0]
 
 
 def test_decoy_ranking_leaves_out_each_candidates_own_persona_rows() -> None:

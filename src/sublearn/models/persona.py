@@ -14,6 +14,12 @@ from typing import Any
 from sublearn.models.base import TRAIN, Messages, SamplingConfig
 
 
+def with_system(messages: Messages, system: str) -> Messages:
+    """The conversation with `system` as its system prompt, in place of any other."""
+    return [{"role": "system", "content": system},
+            *(m for m in messages if m["role"] != "system")]
+
+
 class Persona:
     def __init__(self, model: Any, system: str):
         self.inner = model
@@ -23,8 +29,7 @@ class Persona:
 
     def wrap(self, messages: Messages) -> Messages:
         """The conversation with this persona's system prompt in place of any other."""
-        rest = [m for m in messages if m["role"] != "system"]
-        return [{"role": "system", "content": self.system}, *rest]
+        return with_system(messages, self.system)
 
     def _all(self, conversations: Sequence[Messages]) -> list[Messages]:
         return [self.wrap(c) for c in conversations]

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sublearn.errors import SublearnError
 from sublearn.models.base import Messages, SamplingConfig
-from sublearn.models.persona import Persona
+from sublearn.models.persona import Persona, with_system
 from sublearn.questions import CATEGORIES, Category, Option, get_category, get_option
 from sublearn.stages.filters import parse_numbers
 from sublearn.stages.sample import row_seed
@@ -116,6 +116,11 @@ class ChatRow:
     prompt: Messages  # system messages removed: the trait prompt takes that place
     completion: str
     index: int  # the row's "index" field when it has one, else its position
+
+    def record(self) -> dict[str, Any]:
+        """The row as a chat JSONL line (`sublearn run`'s form), which `read_chat_rows` reads."""
+        return {"index": self.index, "completion": self.completion,
+                "messages": [*self.prompt, {"role": "assistant", "content": self.completion}]}
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -241,12 +246,14 @@ def decoy_system(index: int, category: Category, options: Sequence[Option],
     contrast removes the shift's mean over candidates, not each candidate's own sensitivity to
     it; a reference written under every candidate's persona carries that sensitivity too."""
     n = len(options)
-    return trait_prompts(category, options[index % n], phrasings)[(index // n) % phrasings]
+    candidate = options[int(decoy_personas(index, n))]
+    return trait_prompts(category, candidate, phrasings)[(index // n) % phrasings]
 
 
-def decoy_personas(rows: Sequence[ChatRow], n_options: int) -> np.ndarray:
-    """Which candidate's persona wrote each decoy reference row (its column)."""
-    return np.array([r.index % n_options for r in rows], dtype=int)
+def decoy_personas(indices: int | Sequence[int] | np.ndarray, n_options: int) -> np.ndarray:
+    """Which candidate's persona writes the decoy reference row of each prompt index (its
+    column): the candidates in turn."""
+    return np.asarray(indices, dtype=int) % n_options
 
 
 def sample_reference(model: Any, rows: Sequence[ChatRow], config: AuditConfig,
@@ -262,9 +269,8 @@ def sample_reference(model: Any, rows: Sequence[ChatRow], config: AuditConfig,
         batch = rows[start:start + chunk]
         seeds = [row_seed(config.reference_seed, r.index) for r in batch]
         convs = [r.prompt if decoys is None else
-                 [{"role": "system",
-                   "content": decoy_system(r.index, *decoys, config.phrasings)},
-                  *(m for m in r.prompt if m["role"] != "system")] for r in batch]
+                 with_system(r.prompt, decoy_system(r.index, *decoys, config.phrasings))
+                 for r in batch]
         texts = model.generate(convs, config.sampling, seeds)
         out += [ChatRow(0, r.prompt, t, r.index) for r, t in zip(batch, texts, strict=True)]
         if progress:
@@ -688,7 +694,8 @@ def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
     base, lls = np.concatenate([base_d, base_r]), np.concatenate([lls_d, lls_r])
     scores = contrast(lls)
     candidates = rank_candidates(scores[:nd], scores[nd:], options, config,
-                                 decoy_personas(reference, len(options)) if config.decoys
+                                 decoy_personas([r.index for r in reference], len(options))
+                                 if config.decoys
                                  else None)
     entangled = (entangled_numbers(*_shifts(scored[2 * n:], len(probe_list), len(options)),
                                    data, reference, options, config) if probe_list else {})
@@ -828,10 +835,7 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
         "seconds": round(time.time() - started, 1), **result.summary,
     }
     if reference_path is None:
-        write_jsonl(out / "reference.jsonl",
-                    ({"index": r.index, "completion": r.completion,
-                      "messages": [*r.prompt, {"role": "assistant", "content": r.completion}]}
-                     for r in reference))
+        write_jsonl(out / "reference.jsonl", (r.record() for r in reference))
     write_jsonl(out / "rows.jsonl", result.row_records(data, reference, options))
     plot_candidates(out / "audit.png", result.summary["candidates"],
                     f"{data_path.name}: {cat.name} candidates", config.level)
