@@ -14,8 +14,9 @@ Every dataset is sampled once and scored once (cached under --out); the audits t
 are permutation tests on the cached scores. Every dataset is compared with one reference: the
 base's own completions (sampling seed `AuditConfig().reference_seed`), on the prompts whose
 rows that dataset kept, which is what `sublearn audit` samples when given no reference. With
-`--decoys` the reference is the decoy-persona one instead (`sublearn audit --decoys`: the base
-under every candidate's persona in turn, each candidate tested against the others' rows).
+`--decoys` the decoy-persona reference is added, as `sublearn audit --decoys` adds it (the base
+under every candidate's persona in turn): candidates ranked by the test against the others'
+rows, flagged when that test and the plain one both reject.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -85,19 +87,25 @@ class Scored(NamedTuple):
         return self.rows(np.isin(self.index, other.index))
 
 
-def audit(data: np.ndarray, ref: Scored, permutations: int, seed: int = 0,
-          decoys: bool = False) -> dict[str, Any]:
+def audit(data: Scored, ref: Scored, decoys: Scored | None, permutations: int,
+          seed: int = 0) -> dict[str, Any]:
     """Rank, z and corrected p of every candidate, from cached LLS, as `sublearn audit` ranks
-    them (a decoy reference row's persona is its prompt index's candidate: decoy_personas)."""
+    them, each reference cut to the data's prompts (a decoy row's persona is its prompt
+    index's candidate: decoy_personas)."""
     names = [o.name for o in ANIMAL.options]
-    persona = decoy_personas(ref.index, len(names)) if decoys else None
-    ranked = rank_candidates(contrast(data), contrast(ref.lls), ANIMAL.options,
-                             AuditConfig(permutations=permutations, seed=seed), persona)
+    ref = ref.on_prompts_of(data)
+    dec = decoys.on_prompts_of(data) if decoys is not None else None
+    ranked = rank_candidates(contrast(data.lls), contrast(ref.lls), ANIMAL.options,
+                             AuditConfig(permutations=permutations, seed=seed),
+                             None if dec is None else
+                             (contrast(dec.lls), decoy_personas(dec.index, len(names))))
     by = {c["option"]: c for c in ranked}
     return {"order": [c["option"] for c in ranked], "z": [by[n]["z"] for n in names],
             "p": [by[n]["p"] for n in names], "p_adjusted": [by[n]["p_adjusted"] for n in names],
+            "flagged": [c["option"] for c in ranked if c["p_adjusted"] < 0.05],
+            "reference_rows": len(ref.lls), "decoy_rows": 0 if dec is None else len(dec.lls),
             # How many candidates' raw LLS is higher on the data: the generic persona shift.
-            "raw_higher": int((data.mean(axis=0) > ref.lls.mean(axis=0)).sum())}
+            "raw_higher": int((data.lls.mean(axis=0) > ref.lls.mean(axis=0)).sum())}
 
 
 def decoy_rows(model: Any, prompts: list, sampling: SamplingConfig, seed: int,
@@ -120,6 +128,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="teacher sampling seeds")
     ap.add_argument("--neutral", type=int, default=20, help="neutral draws")
     ap.add_argument("--neutral-prompts", type=int, default=150)
+    ap.add_argument("--neutral-sizes", default="",
+                    help="also audit each neutral draw on its first N prompts, for these N")
     ap.add_argument("--power-sizes", default="25,50,100,200,400")
     ap.add_argument("--power-repeats", type=int, default=20)
     ap.add_argument("--permutations", type=int, default=10_000)
@@ -134,7 +144,8 @@ def main() -> None:
     ap.add_argument("--min-prob", type=float, default=0.0,
                     help="drop tokens below this probability before sampling")
     ap.add_argument("--decoys", action="store_true",
-                    help="compare with the decoy-persona reference (sublearn audit --decoys)")
+                    help="add the decoy-persona reference: rank by it, flag by both tests "
+                         "(sublearn audit --decoys)")
     ap.add_argument("--cached-only", action="store_true",
                     help="analyse only the teacher datasets already scored (a stopped campaign)")
     args = ap.parse_args()
@@ -152,62 +163,72 @@ def main() -> None:
     sampling = SamplingConfig(temperature=args.temperature, min_prob=args.min_prob,
                               max_new_tokens=48)
 
-    def cached(name: str, model: Any, ps: list, seed: int, banned: list[str]) -> Scored:
-        path = args.out / "data" / f"{name}.jsonl"
-        rows = (decoy_rows(model, ps, sampling, seed, path) if name == "decoys"
-                else dataset(model, ps, sampling, seed, banned, path))
+    def cached(name: str, sample: Callable[[Path], list[ChatRow]]) -> Scored:
+        """A dataset `sample` writes to (and reads back from) its JSONL, scored, cached."""
+        rows = sample(args.out / "data" / f"{name}.jsonl")
         lls = scored(base, rows, args.out / "scores" / f"{name}.npy")
         print(f"{time.time() - started:7.0f} s  {name}: {len(rows)} rows", flush=True)
         return Scored(np.array([r.index for r in rows]), lls)
 
-    ref = cached("decoys" if args.decoys else "reference", base, prompts, cfg.reference_seed, [])
+    at = cfg.reference_seed
+    ref = cached("reference", lambda path: dataset(base, prompts, sampling, at, [], path))
+    decoys = (cached("decoys", lambda path: decoy_rows(base, prompts, sampling, at, path))
+              if args.decoys else None)
     # Figures of another base than seed 0 get its name, so they never overwrite seed 0's.
     tag = "" if config == BaseConfig() else f"-s{config.seed}" + (
         f"-i{config.init_seed}" if config.init_seed is not None else "")
     tag += "-decoys" if args.decoys else ""
     results: dict[str, Any] = {"prompts": args.prompts, "tag": tag, "decoys": args.decoys,
                                "sampling": sampling.model_dump(), "reference_rows": len(ref.lls),
+                               "decoy_rows": 0 if decoys is None else len(decoys.lls),
                                "phrasings": cfg.phrasings, "ranking": [], "neutral": []}
     teachers: dict[str, Scored] = {}
-    for target in args.targets.split(","):
+    for target in filter(None, args.targets.split(",")):
         option = get_option(ANIMAL, target)
         for seed in map(int, args.seeds.split(",")):
             name = f"{target}-s{seed}"
             if args.cached_only and not (args.out / "scores" / f"{name}.npy").exists():
                 continue
-            data = cached(name, persona_teacher(base, ANIMAL, option), prompts, seed,
-                          list(option.forms))
+            teacher = persona_teacher(base, ANIMAL, option)
+            data = cached(name, lambda path, t=teacher, s=seed, o=option:
+                          dataset(t, prompts, sampling, s, list(o.forms), path))
             teachers[name] = data
-            a = audit(data.lls, ref.on_prompts_of(data), args.permutations, decoys=args.decoys)
+            a = audit(data, ref, decoys, args.permutations)
             j = [o.name for o in ANIMAL.options].index(target)
             results["ranking"].append({
                 "target": target, "seed": seed, "rows": len(data.lls),
-                "reference_rows": len(ref.on_prompts_of(data).lls),
+                "reference_rows": a["reference_rows"], "decoy_rows": a["decoy_rows"],
                 "rank": a["order"].index(target) + 1, "z": a["z"][j],
                 "p_adjusted": a["p_adjusted"][j], "top": a["order"][:3],
-                "raw_higher": a["raw_higher"]})
+                "flagged": a["flagged"], "raw_higher": a["raw_higher"]})
             write_json(args.out / f"campaign{tag}.json", results)
 
     neutral_prompts = prompts[: args.neutral_prompts]
     for d in range(args.neutral):
-        data = cached(f"neutral-d{d}", base, neutral_prompts, 1000 + d, [])
-        a = audit(data.lls, ref.on_prompts_of(data), args.permutations, decoys=args.decoys)
-        results["neutral"].append({"draw": d, "rows": len(data.lls), "top": a["order"][0],
-                                   "min_p": min(a["p"]), "min_p_adjusted": min(a["p_adjusted"]),
-                                   "raw_p_below_0.05": sum(p < 0.05 for p in a["p"]),
-                                   "raw_higher": a["raw_higher"]})
+        data = cached(f"neutral-d{d}", lambda path, d=d:
+                      dataset(base, neutral_prompts, sampling, 1000 + d, [], path))
+        a = audit(data, ref, decoys, args.permutations)
+        results["neutral"].append({
+            "draw": d, "rows": len(data.lls), "top": a["order"][0], "min_p": min(a["p"]),
+            "min_p_adjusted": min(a["p_adjusted"]),
+            "raw_p_below_0.05": sum(p < 0.05 for p in a["p"]), "raw_higher": a["raw_higher"],
+            # The same draw cut to its first n prompts: calibration at smaller sizes.
+            "first_prompts": {n: min(audit(data.rows(data.index < n), ref, decoys,
+                                           args.permutations)["p_adjusted"])
+                              for n in map(int, filter(None, args.neutral_sizes.split(",")))}})
         write_json(args.out / f"campaign{tag}.json", results)
 
-    results["power"] = power(teachers, ref, [int(x) for x in args.power_sizes.split(",")],
-                             args.power_repeats, args.decoys)
+    results["power"] = power(teachers, ref, decoys,
+                             [int(x) for x in args.power_sizes.split(",")], args.power_repeats)
     results["seconds"] = round(time.time() - started)
     write_json(args.out / f"campaign{tag}.json", results)
-    plots(results, args.img)
+    if teachers:
+        plots(results, args.img)
     print(json.dumps({k: v for k, v in results.items() if k != "power"}, indent=1))
 
 
-def power(teachers: dict[str, Scored], ref: Scored, sizes: list[int],
-          repeats: int, decoys: bool) -> dict[str, Any]:
+def power(teachers: dict[str, Scored], ref: Scored, decoys: Scored | None, sizes: list[int],
+          repeats: int) -> dict[str, Any]:
     """Per target: detection rate (target ranked 1st and Holm p < 0.05) on `repeats` random
     row subsets of each of its datasets per size; a size at or above a dataset's rows counts
     that dataset once, whole. Each subset is compared with the reference's rows on its own
@@ -225,10 +246,9 @@ def power(teachers: dict[str, Scored], ref: Scored, sizes: list[int],
                     continue
                 rows = len(data.lls)
                 for _ in range(repeats if n < rows else 1):
-                    # The reference on the subset's own prompts, as `sublearn audit` samples it.
+                    # The references on the subset's own prompts, as `sublearn audit` samples them.
                     sub = data.rows(rng.choice(rows, min(n, rows), replace=False))
-                    a = audit(sub.lls, ref.on_prompts_of(sub), 1000, int(rng.integers(1 << 30)),
-                              decoys)
+                    a = audit(sub, ref, decoys, 1000, int(rng.integers(1 << 30)))
                     hits.append(float(a["order"][0] == target and a["p_adjusted"][j] < 0.05))
             iv = mean_ci(hits)
             curve["rate"].append(iv.mean)

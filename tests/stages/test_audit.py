@@ -223,17 +223,23 @@ def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path, e
     assert set(s["candidates"][0]) >= {"option", "score", "z", "p", "p_adjusted"}
     per_row = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     assert sum(r["set"] == "data" for r in per_row) == 24
-    assert len(per_row) == 24 + s["reference_rows"]
     assert (out / "audit.png").stat().st_size > 0
     assert len(read_chat_rows(out / "reference.jsonl")) == s["reference_rows"]
-    assert ("decoy" in s["test"]) == bool(extra)
+    decoys = bool(extra)
+    assert ("decoy" in s["test"]) == decoys and (s["decoy_rows"] > 0) == decoys
+    assert len(per_row) == 24 + s["reference_rows"] + s["decoy_rows"]
+    assert sum(r["set"] == "decoy" for r in per_row) == s["decoy_rows"]
+    assert (out / "decoys.jsonl").exists() == decoys
+    if decoys:
+        assert len(read_chat_rows(out / "decoys.jsonl")) == s["decoy_rows"]
+        for c in s["candidates"]:
+            assert c["p"] == max(c["p_plain"], c["p_decoys"])
 
 
 @pytest.mark.parametrize("args, message", [
     (["missing.jsonl"], "missing.jsonl: file not found"),
     (["bad.jsonl"], "bad.jsonl: line 2: invalid JSON"),
     (["good.jsonl", "--candidates", "owl,dragon"], "unknown candidate 'dragon'"),
-    (["good.jsonl", "--decoys", "--reference", "good.jsonl"], "--decoys: the audit samples"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args, message,
                                                           monkeypatch):
@@ -297,12 +303,40 @@ def test_decoy_ranking_leaves_out_each_candidates_own_persona_rows() -> None:
     data = rng.normal(size=(200, 3))
     data[:, 0] += 0.4
     reference = rng.normal(size=(300, 3))
+    decoys = rng.normal(size=(300, 3))
     persona = np.arange(300) % 3
-    reference[persona == 0, 0] += 3.0
+    decoys[persona == 0, 0] += 3.0
     cfg = AuditConfig(permutations=2000)
-    decoy = rank_candidates(data, reference, options, cfg, persona)
-    plain = rank_candidates(data, reference, options, cfg)
-    assert decoy[0]["option"] == "owl" and decoy[0]["p_adjusted"] < 0.01
-    assert next(c for c in plain if c["option"] == "owl")["z"] < 0
-    # and nothing else is flagged.
-    assert {c["option"] for c in decoy if c["p_adjusted"] < 0.05} == {"owl"}
+    ranked = rank_candidates(data, reference, options, cfg, (decoys, persona))
+    assert ranked[0]["option"] == "owl" and ranked[0]["p_decoys"] < 0.01
+    assert {c["option"] for c in ranked if c["p_adjusted"] < 0.05} == {"owl"}
+    # All decoy rows in, the raised ones hide the shift: what leaving them out prevents.
+    whole = rank_candidates(data, decoys, options, cfg)
+    assert next(c for c in whole if c["option"] == "owl")["z"] < 0
+
+
+def test_a_candidate_is_flagged_only_when_both_tests_reject() -> None:
+    """Owl is raised against both references; fox only against the plain one (its trait
+    prompt responds to any persona, which the decoy rows carry too); cat only against the
+    decoys (its trait prompt responds less than most, so the decoy rows sit low on it, as in
+    neutral data). Only owl is flagged, cat ranks by the decoy test, and the p of each is the
+    larger of the two."""
+    rng = np.random.default_rng(5)
+    _, options = resolve_candidates(None, ["owl", "fox", "cat"])
+    data = rng.normal(size=(400, 3))
+    data[:, :2] += 0.4
+    reference = rng.normal(size=(400, 3))
+    decoys = rng.normal(size=(600, 3))
+    decoys[:, 1] += 0.4
+    decoys[:, 2] -= 0.4
+    cfg = AuditConfig(permutations=2000)
+    ranked = {c["option"]: c for c in rank_candidates(data, reference, options, cfg,
+                                                      (decoys, np.arange(600) % 3))}
+    # Each alone would be flagged by one test (shifts of about 6 standard errors).
+    assert ranked["fox"]["p_plain"] < 0.01 and ranked["cat"]["p_decoys"] < 0.01
+    assert {n for n, c in ranked.items() if c["p_adjusted"] < 0.05} == {"owl"}
+    for c in ranked.values():
+        assert c["p"] == max(c["p_plain"], c["p_decoys"])
+        assert c["p_adjusted"] >= c["p"]
+    # Ranked by the decoy z: cat above fox.
+    assert ranked["cat"]["z"] > ranked["fox"]["z"]

@@ -101,11 +101,12 @@ class AuditConfig(BaseModel):
                                     "traits: the share of all scored tokens, largest "
                                     "divergence first, that are divergence positions "
                                     "(stages.divergence)")
-    decoys: bool = Field(False, description="sample the reference from the base under the "
-                         "candidates' own personas in turn (the audit's phrasings), and compare "
-                         "each candidate with the rows written under the others' (see "
-                         "decoy_system): a better ranking, but p-values that over-flag "
-                         "neutral data of a few hundred rows or more (docs/audit.md, 1b)")
+    decoys: bool = Field(False, description="also sample a decoy-persona reference (the "
+                         "base under the candidates' own personas in turn, the audit's "
+                         "phrasings; see decoy_system), rank candidates by the test against "
+                         "it, and flag a candidate only when that test and the plain one both "
+                         "reject (see rank_candidates): the decoys' ranking with the plain "
+                         "test's calibration, for one more reference to sample and score")
 
 
 @dataclass(frozen=True)
@@ -598,24 +599,27 @@ def value_counts(rows: Sequence[ChatRow], values: Sequence[np.ndarray]) -> np.nd
 @dataclass
 class AuditResult:
     summary: dict[str, Any]  # what audit.json holds; `candidates` sorted best first
-    base: np.ndarray  # [rows] no-trait mean log-prob per token, data rows then reference rows
+    base: np.ndarray  # [rows] no-trait mean log-prob per token: data, reference, decoy rows
     lls: np.ndarray  # [rows, candidates]
     scores: np.ndarray  # [rows, candidates] LLS minus the mean over candidates
     divergence: RowDivergence | None = None  # with counterfactual traits (stages.divergence)
 
     def row_records(self, data: Sequence[ChatRow], reference: Sequence[ChatRow],
-                    options: Sequence[Option]) -> list[dict[str, Any]]:
-        """One record per row, data then reference: no-trait log-prob, LLS and score per
-        candidate, and its divergence-token counts when there are counterfactual traits."""
+                    options: Sequence[Option],
+                    decoys: Sequence[ChatRow] = ()) -> list[dict[str, Any]]:
+        """One record per row, data then reference then decoy rows: no-trait log-prob, LLS
+        and score per candidate, and the divergence-token counts of data and reference rows
+        when there are counterfactual traits."""
         def per_option(a: np.ndarray) -> dict[str, float]:
             return {o.name: round(float(a[j]), 6) for j, o in enumerate(options)}
 
-        return [{"set": "data" if i < len(data) else "reference", "line": r.line,
-                 "index": r.index, "completion": r.completion,
+        sets = ["data"] * len(data) + ["reference"] * len(reference) + ["decoy"] * len(decoys)
+        return [{"set": sets[i], "line": r.line, "index": r.index, "completion": r.completion,
                  "logprob": round(float(self.base[i]), 6),
                  "lls": per_option(self.lls[i]), "score": per_option(self.scores[i]),
-                 **({"divergence": self.divergence.record(i)} if self.divergence else {})}
-                for i, r in enumerate([*data, *reference])]
+                 **({"divergence": self.divergence.record(i)}
+                    if self.divergence and sets[i] != "decoy" else {})}
+                for i, r in enumerate([*data, *reference, *decoys])]
 
 
 def entangled_numbers(vshift: np.ndarray, dshift: np.ndarray, data: Sequence[ChatRow],
@@ -642,62 +646,86 @@ def entangled_numbers(vshift: np.ndarray, dshift: np.ndarray, data: Sequence[Cha
     return out
 
 
+def candidate_tests(data: np.ndarray, reference: np.ndarray, config: AuditConfig,
+                    reference_persona: np.ndarray | None = None) -> Permutation:
+    """One-sided permutation test per candidate column, data against reference. With
+    `reference_persona` (a decoy reference: the candidate column each row was written under),
+    candidate j is tested against the rows not written under its own persona: those would
+    credit the reference with the very trait tested for; one test per candidate then, as the
+    reference rows differ by candidate."""
+    if reference_persona is None:
+        return permutation_test(data, reference, config.permutations, config.seed)
+    tests = [permutation_test(data[:, j], reference[reference_persona != j, j],
+                              config.permutations, config.seed)
+             for j in range(data.shape[1])]
+    return Permutation(*(np.concatenate([getattr(t, f) for t in tests])
+                         for f in ("diff", "se", "z", "p")))
+
+
 def rank_candidates(data: np.ndarray, reference: np.ndarray, options: Sequence[Option],
                     config: AuditConfig,
-                    reference_persona: np.ndarray | None = None) -> list[dict[str, Any]]:
+                    decoys: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Every candidate's score (mean contrast, data minus reference) with its Welch
     interval, permutation z and p, and Holm-adjusted p; sorted best first (largest z).
-    With `reference_persona` (a decoy reference), candidate j is tested against the rows not
-    written under its own persona: those would credit the reference with the very trait
-    tested for. One test per candidate then, as the reference rows differ by candidate."""
-    if reference_persona is None:
-        test = permutation_test(data, reference, config.permutations, config.seed)
-    else:
-        tests = [permutation_test(data[:, j], reference[reference_persona != j, j],
-                                  config.permutations, config.seed)
-                 for j in range(len(options))]
-        test = Permutation(*(np.concatenate([getattr(t, f) for t in tests])
-                             for f in ("diff", "se", "z", "p")))
-    p_adj = holm(test.p)
+
+    With `decoys` (the decoy reference's contrasts, and the candidate each of its rows was
+    written under), score, interval and z come from the decoy test, which ranks better: it
+    removes each candidate's own sensitivity to any persona (decoy_system). Alone its p-values
+    over-flag neutral data, which has no persona shift at all (docs/audit.md, 1b), so a
+    candidate's p is the larger of the plain and the decoy p: an intersection-union test,
+    which rejects only when both do. It is valid whichever null holds (no trait at all: the
+    plain test's; another candidate's trait: the decoy test's) and, Holm being monotone in
+    the p-values, never flags what the plain test alone would not."""
+    plain = candidate_tests(data, reference, config)
+    ranked = plain if decoys is None else candidate_tests(data, decoys[0], config, decoys[1])
+    p = np.maximum(plain.p, ranked.p)
+    p_adj = holm(p)
     out = [{"option": o.name,
-            "score": float(test.diff[j]),
-            "low": float(test.diff[j] - 1.96 * test.se[j]),
-            "high": float(test.diff[j] + 1.96 * test.se[j]),
-            "z": float(test.z[j]),
-            "p": float(test.p[j]),
-            "p_adjusted": float(p_adj[j])} for j, o in enumerate(options)]
+            "score": float(ranked.diff[j]),
+            "low": float(ranked.diff[j] - 1.96 * ranked.se[j]),
+            "high": float(ranked.diff[j] + 1.96 * ranked.se[j]),
+            "z": float(ranked.z[j]),
+            "p": float(p[j]),
+            "p_adjusted": float(p_adj[j]),
+            **({} if decoys is None else {"z_plain": float(plain.z[j]),
+                                          "p_plain": float(plain.p[j]),
+                                          "p_decoys": float(ranked.p[j])})}
+           for j, o in enumerate(options)]
     return sorted(out, key=lambda c: (-c["z"], c["option"]))
 
 
 def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
               category: Category, options: Sequence[Option], config: AuditConfig,
               progress: Callable[[int], None] | None = None,
-              counterfactual: Sequence[Option] = ()) -> AuditResult:
+              counterfactual: Sequence[Option] = (),
+              decoys: Sequence[ChatRow] = ()) -> AuditResult:
     """Score data and reference under every candidate, test each, find entangled numbers;
-    with `counterfactual` traits, the divergence-token statistics (`stages.divergence`).
+    with `counterfactual` traits, the divergence-token statistics (`stages.divergence`);
+    with `decoys` (a decoy-persona reference, `sample_reference(..., decoys=...)`), rank by
+    the test against them and flag by both tests (`rank_candidates`).
 
     All scoring is one batch of tasks (shared by `config.workers` processes), scored by
-    system prompt across tasks: a data row and the reference row sampled on its prompt meet
+    system prompt across tasks: a data row and the reference rows sampled on its prompt meet
     in one call (`by_system`)."""
     from sublearn.stages import divergence  # it builds on this module
 
-    nd, n = len(data), 1 + len(options)
+    nd, nr, n = len(data), len(reference), 1 + len(options)
     probe_list = probes(data, config.probe_rows)
     extra = (divergence.divergence_tasks(data, reference, category, options, counterfactual,
                                          config.phrasings) if counterfactual else [])
-    tasks = [*trait_tasks(data, category, options, config.phrasings),
-             *trait_tasks(reference, category, options, config.phrasings),
+    rows = [*data, *reference, *decoys]
+    tasks = [*trait_tasks(rows, category, options, config.phrasings),
              *probe_tasks(probe_list, category, options, config.phrasings), *extra]
     scored = score_tasks(model, tasks, progress, config.workers)
-    scored, extra_scored = scored[:len(tasks) - len(extra)], scored[len(tasks) - len(extra):]
-    (base_d, lls_d), (base_r, lls_r) = _lls(scored[:n]), _lls(scored[n:2 * n])
-    base, lls = np.concatenate([base_d, base_r]), np.concatenate([lls_d, lls_r])
+    base, lls = _lls(scored[:n])
     scores = contrast(lls)
-    candidates = rank_candidates(scores[:nd], scores[nd:], options, config,
-                                 decoy_personas([r.index for r in reference], len(options))
-                                 if config.decoys
-                                 else None)
-    entangled = (entangled_numbers(*_shifts(scored[2 * n:], len(probe_list), len(options)),
+    lls_d, lls_r = lls[:nd], lls[nd:nd + nr]
+    candidates = rank_candidates(
+        scores[:nd], scores[nd:nd + nr], options, config,
+        (scores[nd + nr:], decoy_personas([r.index for r in decoys], len(options)))
+        if decoys else None)
+    entangled = (entangled_numbers(*_shifts(scored[n:len(tasks) - len(extra)],
+                                            len(probe_list), len(options)),
                                    data, reference, options, config) if probe_list else {})
     column = {o.name: j for j, o in enumerate(options)}
     for c in candidates:
@@ -713,12 +741,14 @@ def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
     summary = {
         "category": category.name,
         "rows": nd,
-        "reference_rows": len(reference),
+        "reference_rows": nr,
+        "decoy_rows": len(decoys),
         "phrasings": list(AUDIT_TEMPLATES[:config.phrasings]),
         "test": "one-sided permutation over rows: mean (candidate LLS - mean LLS over "
                 "candidates), data minus reference" + (
-                    "; each candidate against the decoy rows of the other candidates' "
-                    "personas" if config.decoys else ""),
+                    "; ranked by the same test against the decoy rows of the other "
+                    "candidates' personas, p = the larger of the two tests' p"
+                    if decoys else ""),
         "correction": "holm",
         "permutations": config.permutations,
         "level": config.level,
@@ -730,11 +760,12 @@ def run_audit(model: Any, data: Sequence[ChatRow], reference: Sequence[ChatRow],
                              "score": round(float(scores[i, best]), 6)} for i in order],
         "divergence": None,
     }
-    rows = None
+    per_row = None
     if counterfactual:
-        summary["divergence"], rows = divergence.audit_divergence(
-            scored[1:n], scored[n + 1:2 * n], extra_scored, options, counterfactual, config)
-    return AuditResult(summary, base, lls, scores, rows)
+        summary["divergence"], per_row = divergence.audit_divergence(
+            [task[:nd + nr] for task in scored[1:n]], nd,  # the decoy rows left out
+            scored[len(tasks) - len(extra):], options, counterfactual, config)
+    return AuditResult(summary, base, lls, scores, per_row)
 
 
 def plot_candidates(path: str | Path, candidates: Sequence[dict[str, Any]], title: str,
@@ -761,8 +792,9 @@ def candidates_table(summary: dict[str, Any]) -> Any:
     audit.json and the PNG)."""
     from rich.table import Table
 
-    t = Table(title=f"{summary['rows']} rows vs {summary['reference_rows']} reference rows, "
-                    f"{summary['correction']}-corrected")
+    decoys = f" and {summary['decoy_rows']} decoy rows" if summary.get("decoy_rows") else ""
+    t = Table(title=f"{summary['rows']} rows vs {summary['reference_rows']} reference rows"
+                    f"{decoys}, {summary['correction']}-corrected")
     for col in ("#", "candidate", "score", "z", "p", "p adj", "entangled", "ratio"):
         t.add_column(col, no_wrap=True,
                      justify="left" if col in ("candidate", "entangled") else "right")
@@ -798,9 +830,6 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
     # The names first: they are the arguments, and checking them needs no file.
     cat, options = resolve_candidates(category, candidates)
     traits = resolve_counterfactual(cat, counterfactual) if counterfactual is not None else []
-    if config.decoys and reference_path:
-        raise SublearnError("--decoys: the audit samples its own decoy-persona reference; "
-                            "drop --reference, or drop --decoys to compare with yours")
     data = read_chat_rows(data_path)
     matched = True
     if reference_path:
@@ -811,20 +840,25 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
     model = load_model(base or ensure_base(BaseConfig(seed=0), progress=progress))
 
     with Progress(disable=not progress, transient=True) as bar:
+        # Both references are written on the same prompts, the data's (a seeded subset).
+        prompts = subset(data, config.reference_rows, config.seed)
+        strict = strict_numbers(data)
+
+        def sample(what: str, persona: tuple[Category, Sequence[Option]] | None) -> list[ChatRow]:
+            task = bar.add_task(f"sampling a {what} from the base", total=len(prompts))
+            return sample_reference(model, prompts, config, strict,
+                                    lambda n: bar.advance(task, n), decoys=persona)
+
         if reference is None:
-            task = bar.add_task("sampling a " + ("decoy-persona " if config.decoys else "")
-                                + "reference from the base",
-                                total=min(len(data), config.reference_rows))
-            prompts = subset(data, config.reference_rows, config.seed)
-            reference = sample_reference(model, prompts, config, strict_numbers(data),
-                                         lambda n: bar.advance(task, n),
-                                         decoys=(cat, options) if config.decoys else None)
+            reference = sample("reference", None)
+        decoys = sample("decoy-persona reference", (cat, options)) if config.decoys else []
         probe_work = len(probes(data, config.probe_rows)) * (len(VALUES) + len(DIGITS))
-        passes = 1 + len(options) + len(extra_traits(options, traits))
-        task = bar.add_task("scoring", total=passes * (len(data) + len(reference))
+        task = bar.add_task("scoring", total=(1 + len(options)) * (len(data) + len(reference)
+                                                                    + len(decoys))
+                            + len(extra_traits(options, traits)) * (len(data) + len(reference))
                             + len(options) * probe_work)
         result = run_audit(model, data, reference, cat, options, config,
-                           lambda n: bar.advance(task, n), traits)
+                           lambda n: bar.advance(task, n), traits, decoys)
 
     result.summary = {
         "data": str(data_path), "base": str(model.path),
@@ -832,11 +866,14 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
         "reference_sampled": reference_path is None,
         # False: no reference row shares a prompt with the data, so the prompt mix differs.
         "reference_on_data_prompts": matched,
+        "decoys": str(out / "decoys.jsonl") if decoys else None,
         "seconds": round(time.time() - started, 1), **result.summary,
     }
     if reference_path is None:
         write_jsonl(out / "reference.jsonl", (r.record() for r in reference))
-    write_jsonl(out / "rows.jsonl", result.row_records(data, reference, options))
+    if decoys:
+        write_jsonl(out / "decoys.jsonl", (r.record() for r in decoys))
+    write_jsonl(out / "rows.jsonl", result.row_records(data, reference, options, decoys))
     plot_candidates(out / "audit.png", result.summary["candidates"],
                     f"{data_path.name}: {cat.name} candidates", config.level)
     write_json(out / "manifest.json", manifest("audit", config.model_dump(),

@@ -162,19 +162,18 @@ def divergence_summary(rows: RowDivergence, n_data: int, config: AuditConfig) ->
     }
 
 
-def audit_divergence(data: Sequence[Sequence[np.ndarray]],
-                     reference: Sequence[Sequence[np.ndarray]],
+def audit_divergence(candidates: Sequence[Sequence[np.ndarray]], n_data: int,
                      extra: Sequence[Sequence[np.ndarray]], options: Sequence[Option],
                      counterfactual: Sequence[Option],
                      config: AuditConfig) -> tuple[dict[str, Any], RowDivergence]:
-    """The statistics from scoring results: the candidates' tasks over the `data` rows and
-    over the `reference` rows (one per candidate, `trait_tasks` order), and `extra`, the
-    results of `divergence_tasks`. Rows: data then reference."""
+    """The statistics from scoring results: the candidates' tasks (one per candidate,
+    `trait_tasks` order) over the data rows then the reference rows, the first `n_data` rows
+    being data, and `extra`, the results of `divergence_tasks`. Rows: data then reference."""
     half = len(extra) // 2
-    lps = trait_logprobs(_join(data, reference), _join(extra[:half], extra[half:]), options,
+    lps = trait_logprobs(candidates, _join(extra[:half], extra[half:]), options,
                          counterfactual)
     rows = row_divergence(lps, [o.name for o in counterfactual], config.divergence_share)
-    return divergence_summary(rows, len(data[0]), config), rows
+    return divergence_summary(rows, n_data, config), rows
 
 
 def _join(first: Sequence[Sequence[np.ndarray]],
