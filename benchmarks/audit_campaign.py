@@ -37,6 +37,7 @@ from sublearn.stages.audit import (
     ChatRow,
     contrast,
     decoy_personas,
+    holm,
     lls_scores,
     parse_chat_row,
     rank_candidates,
@@ -103,6 +104,9 @@ def audit(data: Scored, ref: Scored, decoys: Scored | None, permutations: int,
     return {"order": [c["option"] for c in ranked], "z": [by[n]["z"] for n in names],
             "p": [by[n]["p"] for n in names], "p_adjusted": [by[n]["p_adjusted"] for n in names],
             "flagged": [c["option"] for c in ranked if c["p_adjusted"] < 0.05],
+            # What the decoy test alone would flag (why it is not used alone: docs/audit.md, 1b).
+            "min_p_decoys_adjusted": (float(holm([c["p_decoys"] for c in ranked]).min())
+                                      if dec is not None else None),
             "reference_rows": len(ref.lls), "decoy_rows": 0 if dec is None else len(dec.lls),
             # How many candidates' raw LLS is higher on the data: the generic persona shift.
             "raw_higher": int((data.lls.mean(axis=0) > ref.lls.mean(axis=0)).sum())}
@@ -211,6 +215,7 @@ def main() -> None:
         results["neutral"].append({
             "draw": d, "rows": len(data.lls), "top": a["order"][0], "min_p": min(a["p"]),
             "min_p_adjusted": min(a["p_adjusted"]),
+            "min_p_decoys_adjusted": a["min_p_decoys_adjusted"],
             "raw_p_below_0.05": sum(p < 0.05 for p in a["p"]), "raw_higher": a["raw_higher"],
             # The same draw cut to its first n prompts: calibration at smaller sizes.
             "first_prompts": {n: min(audit(data.rows(data.index < n), ref, decoys,

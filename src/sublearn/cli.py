@@ -326,12 +326,14 @@ def audit(
         help="With --counterfactual: the share of all tokens, most divergent first, that "
              "count as divergence positions (0 < share <= 1).", max=1.0)] = 0.1,
     decoys: Annotated[bool, typer.Option(
+        "--decoys/--no-decoys",
         help="Also sample a decoy reference: the base under every candidate's persona in "
              "turn (the audit's own phrasings). Candidates are ranked by their test against "
              "the rows of the others' personas, which removes each one's sensitivity to any "
              "persona, and flagged only when that test and the plain one both reject, so the "
              "flags keep the plain test's calibration (docs/audit.md, section 1b). Costs one "
-             "more reference to sample and score.")] = False,
+             "more reference to sample and score; --no-decoys: the plain reference "
+             "alone.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each

@@ -65,7 +65,8 @@ DEFAULTS = ("none", "shuffle_within", "shuffle_across", "sort", "replace:0.3", "
 # Held-out prompts for the utility when the config does not set evaluation.neutral_loss:
 # the loss is a mean over a few thousand tokens, one cheap scoring pass per model.
 UTILITY_PROMPTS = 64
-AUDIT = AuditConfig(probe_rows=0)
+# Each arm's data against the neutral arm's, the plain test (no decoy reference is sampled).
+AUDIT = AuditConfig(probe_rows=0, decoys=False)
 # --audit-only needs the teacher's and the neutral data only: no other dataset is sampled.
 # No student trains either, so hard labels: the soft-label checks (dilute mixes two writers)
 # would refuse defences whose audit needs no label at all.

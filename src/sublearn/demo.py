@@ -149,7 +149,9 @@ def audit(plan: Plan, exp, out: Path, quiet: bool) -> tuple[str, str, Path]:
     from sublearn.store import read_json
 
     prep = exp.prepare()  # cached: only reads the paths back
-    cfg = AuditConfig(reference_rows=plan.audit_rows, probe_rows=0)
+    # The plain reference (the neutral teacher's rows, already sampled): the fast first run
+    # skips sampling and scoring the decoys (docs/audit.md, Method 5).
+    cfg = AuditConfig(reference_rows=plan.audit_rows, probe_rows=0, decoys=False)
     # Keyed by everything the audit reads, so a second demo reads it back.
     out = out / artifact_key("audit", prep.data["teacher"].name, prep.data["neutral"].name,
                              prep.hashes["base"], cfg.model_dump(), plan.audit_rows)

@@ -204,7 +204,7 @@ def test_candidates_are_resolved_or_refused():
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("extra", [[], ["--decoys"]])
+@pytest.mark.parametrize("extra", [[], ["--no-decoys"]])
 def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path, extra):
     data = tmp_path / "data.jsonl"
     rows = _teacher_data(pool, "owl")[:24]
@@ -225,7 +225,7 @@ def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path, e
     assert sum(r["set"] == "data" for r in per_row) == 24
     assert (out / "audit.png").stat().st_size > 0
     assert len(read_chat_rows(out / "reference.jsonl")) == s["reference_rows"]
-    decoys = bool(extra)
+    decoys = not extra  # the default
     assert ("decoy" in s["test"]) == decoys and (s["decoy_rows"] > 0) == decoys
     assert len(per_row) == 24 + s["reference_rows"] + s["decoy_rows"]
     assert sum(r["set"] == "decoy" for r in per_row) == s["decoy_rows"]

@@ -166,7 +166,12 @@ def test_cli_audit_with_counterfactuals(micro_model, micro_base: Path, tmp_path:
     assert d["counterfactual"] == ["owl", "dog"] and {t["trait"] for t in d["traits"]} == {
         "owl", "dog"}
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
-    assert len(rows) == 32 and set(rows[0]["divergence"]["agree"]) == {"owl", "dog"}
+    assert set(rows[0]["divergence"]["agree"]) == {"owl", "dog"}
+    # Divergence counts for the data and the given reference; the decoy rows (sampled by
+    # default) have none.
+    sets = [r["set"] for r in rows]
+    assert sets == ["data"] * 16 + ["reference"] * 16 + ["decoy"] * 16
+    assert all(("divergence" in r) == (r["set"] != "decoy") for r in rows)
 
 
 @pytest.mark.parametrize("value, message", [

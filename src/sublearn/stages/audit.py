@@ -101,12 +101,13 @@ class AuditConfig(BaseModel):
                                     "traits: the share of all scored tokens, largest "
                                     "divergence first, that are divergence positions "
                                     "(stages.divergence)")
-    decoys: bool = Field(False, description="also sample a decoy-persona reference (the "
+    decoys: bool = Field(True, description="also sample a decoy-persona reference (the "
                          "base under the candidates' own personas in turn, the audit's "
                          "phrasings; see decoy_system), rank candidates by the test against "
                          "it, and flag a candidate only when that test and the plain one both "
                          "reject (see rank_candidates): the decoys' ranking with the plain "
-                         "test's calibration, for one more reference to sample and score")
+                         "test's calibration, for one more reference to sample and score. "
+                         "False: the plain reference alone")
 
 
 @dataclass(frozen=True)
