@@ -674,9 +674,11 @@ def rank_candidates(data: np.ndarray, reference: np.ndarray, options: Sequence[O
     removes each candidate's own sensitivity to any persona (decoy_system). Alone its p-values
     over-flag neutral data, which has no persona shift at all (docs/audit.md, 1b), so a
     candidate's p is the larger of the plain and the decoy p: an intersection-union test,
-    which rejects only when both do. It is valid whichever null holds (no trait at all: the
-    plain test's; another candidate's trait: the decoy test's) and, Holm being monotone in
-    the p-values, never flags what the plain test alone would not."""
+    which rejects only when both do. Holm being monotone in the p-values, it never flags what
+    the plain test alone would not, so it keeps that test's calibration on neutral data. (On
+    another candidate's data it would hold its level only if the decoy rows carried that
+    persona's whole shift; a strong teacher's exceeds it, and persona-sensitive candidates
+    are flagged beside the target: the rank names the trait, docs/audit.md, 1b.)"""
     plain = candidate_tests(data, reference, config)
     ranked = plain if decoys is None else candidate_tests(data, decoys[0], config, decoys[1])
     p = np.maximum(plain.p, ranked.p)
