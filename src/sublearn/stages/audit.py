@@ -856,9 +856,11 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
             reference = sample("reference", None)
         decoys = sample("decoy-persona reference", (cat, options)) if config.decoys else []
         probe_work = len(probes(data, config.probe_rows)) * (len(VALUES) + len(DIGITS))
-        task = bar.add_task("scoring", total=(1 + len(options)) * (len(data) + len(reference)
-                                                                    + len(decoys))
-                            + len(extra_traits(options, traits)) * (len(data) + len(reference))
+        # Every row once per candidate and once without a trait; the divergence passes score
+        # data and reference rows only.
+        own = len(data) + len(reference)
+        task = bar.add_task("scoring", total=(1 + len(options)) * (own + len(decoys))
+                            + len(extra_traits(options, traits)) * own
                             + len(options) * probe_work)
         result = run_audit(model, data, reference, cat, options, config,
                            lambda n: bar.advance(task, n), traits, decoys)
