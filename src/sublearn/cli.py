@@ -337,8 +337,10 @@ def audit(
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each
-    candidate's trait prompts (log-likelihood shift), compare with a reference by a
-    permutation test over rows, Holm-corrected across candidates (docs/audit.md)."""
+    candidate's trait prompts (log-likelihood shift), compare with the base's own completions
+    and with the base writing under the other candidates' personas (permutation tests over
+    rows), rank by the second and flag what both reject, Holm-corrected across candidates
+    (docs/audit.md)."""
     from rich.console import Console
 
     from sublearn.cores import usable_cores
