@@ -280,7 +280,8 @@ def plots(results: dict[str, Any], img: Path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("data rows audited (random subsets; a size above a dataset's rows = all)")
     ax.set_ylabel("detection rate (target 1st, Holm p < 0.05)")
-    ax.set_title("audit power on persona-teacher data, embedded base")
+    test = "decoy ranking, both tests flag" if results["decoys"] else "plain reference"
+    ax.set_title(f"audit power on persona-teacher data ({test})")
     _save(fig, img / f"audit-power-{results['prompts']}{results['tag']}.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -290,7 +291,8 @@ def plots(results: dict[str, Any], img: Path) -> None:
            color=["#2e7d32" if r["rank"] == 1 else "#c0392b" for r in rows])
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right")
     ax.set_ylabel("target's z (green: ranked 1st of 18)")
-    ax.set_title("persona-teacher data: the target's z against the reference")
+    ax.set_title("persona-teacher data: the target's z against the "
+                 + ("decoy reference" if results["decoys"] else "reference"))
     _save(fig, img / f"audit-ranking-{results['prompts']}{results['tag']}.png")
 
 
