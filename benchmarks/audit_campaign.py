@@ -14,7 +14,7 @@ Every dataset is sampled once and scored once (cached under --out); the audits t
 are permutation tests on the cached scores. Every dataset is compared with one reference: the
 base's own completions (sampling seed `AuditConfig().reference_seed`), on the prompts whose
 rows that dataset kept, which is what `sublearn audit` samples when given no reference. With
-`--decoys` the decoy-persona reference is added, as `sublearn audit --decoys` adds it (the base
+`--decoys` the decoy-persona reference is added, as `sublearn audit` adds it by default (the base
 under every candidate's persona in turn): candidates ranked by the test against the others'
 rows, flagged when that test and the plain one both reject.
 """
@@ -58,6 +58,11 @@ def dataset(model: Any, prompts: list, sampling: SamplingConfig, seed: int, bann
             path: Path) -> list[ChatRow]:
     """Sample (cached JSONL), strict filter (with `banned` words), as audit rows."""
     sample_dataset(model, prompts, sampling, seed, path, progress=False)
+    return kept_rows(path, banned)
+
+
+def kept_rows(path: Path, banned: list[str]) -> list[ChatRow]:
+    """A sampled JSONL's rows the strict filter keeps (with `banned` words), as audit rows."""
     kept, _ = apply_filter(read_jsonl(path), FilterConfig(banned_words=banned))
     return [parse_chat_row(r, 0, r["index"], str(path)) for r in kept]
 
@@ -115,14 +120,13 @@ def audit(data: Scored, ref: Scored, decoys: Scored | None, permutations: int,
 def decoy_rows(model: Any, prompts: list, sampling: SamplingConfig, seed: int,
                path: Path) -> list[ChatRow]:
     """The decoy-persona reference on every prompt (cached JSONL), strict filter, as rows:
-    `sublearn audit --decoys` samples the same on a dataset's own prompts."""
+    `sublearn audit` samples the same on a dataset's own prompts."""
     if not path.exists():
         rows = [ChatRow(0, [{"role": "user", "content": p.text}], "", p.index) for p in prompts]
         ref = sample_reference(model, rows, AuditConfig(sampling=sampling, reference_seed=seed),
                                strict=False, decoys=(ANIMAL, ANIMAL.options))
         write_jsonl(path, (r.record() for r in ref))
-    kept, _ = apply_filter(read_jsonl(path), FilterConfig())
-    return [parse_chat_row(r, 0, r["index"], str(path)) for r in kept]
+    return kept_rows(path, [])
 
 
 def main() -> None:
@@ -149,7 +153,7 @@ def main() -> None:
                     help="drop tokens below this probability before sampling")
     ap.add_argument("--decoys", action="store_true",
                     help="add the decoy-persona reference: rank by it, flag by both tests "
-                         "(sublearn audit --decoys)")
+                         "(what sublearn audit does by default)")
     ap.add_argument("--cached-only", action="store_true",
                     help="analyse only the teacher datasets already scored (a stopped campaign)")
     args = ap.parse_args()
