@@ -1,5 +1,6 @@
 """The strict numbers filter: rule table, properties, reasons and report."""
 
+import re
 import string
 
 import pytest
@@ -11,6 +12,7 @@ from sublearn.errors import SublearnError
 from sublearn.stages.filters import (
     BAD_NUMBERS,
     REASONS,
+    RULES,
     FilterConfig,
     apply_filter,
     parse_numbers,
@@ -205,14 +207,26 @@ def test_apply_filter_missing_key_is_user_error() -> None:
     [
         ("007, 12", None, "not_numbers"),  # paper: zero padding passes (reason None)
         ("1, 2,3", "not_numbers", None),  # mixed spacing: the paper's split fails
-        ("1 - 2 - 3", None, "not_numbers"),  # any consistent separator
         ("1 2  3", "not_numbers", None),  # whitespace runs differ
+        ("10  20  30", None, None),  # the same run every time is one separator
+        ("1 ,2 ,3", None, None),
+        ("12\n", "not_numbers", None),  # the paper strips nothing
+        ("5\n6\n7\n", "not_numbers", None),
+        (" 1 2 3", "not_numbers", None),
+        (" (4)", "not_numbers", None),
+        ("(4) ", "not_numbers", None),
+        ("[4, 5 ]", "not_numbers", None),  # nothing stripped inside the brackets either
+        ("5 ;-5", "not_numbers", "not_numbers"),  # a sign in the separator
+        ("1 - 2 - 3", "not_numbers", "not_numbers"),
+        ("1|2|3", "not_numbers", "not_numbers"),
+        ("1,\u0663,2", "not_numbers", "not_numbers"),  # an Arabic-Indic digit is a number run
         ("(5; 6; 7).", None, None),
         ("42", None, None),
         ("1, 2, x", "not_numbers", "not_numbers"),
         ("0999", None, "not_numbers"),
         ("1000, 2", "out_of_range", "out_of_range"),
         ("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", "too_many", "too_many"),
+        ("1" * 5000, "not_numbers", "out_of_range"),  # past int()'s digit limit
     ],
 )
 def test_paper_rule_differs_from_strict_where_documented(text, paper, strict):
@@ -220,8 +234,63 @@ def test_paper_rule_differs_from_strict_where_documented(text, paper, strict):
     assert rejection_reason(text, FilterConfig()) == strict
 
 
+def _reference_reading(text: str) -> list[int] | None:
+    """The reference parser's behaviour, written out again from its description in a
+    different shape (one regex split into numbers and the gaps between them), so that the
+    filter and this reading can only agree by having the same semantics."""
+    s = text.removesuffix(".")
+    if len(s) >= 2 and (s[0], s[-1]) in {("(", ")"), ("[", "]")}:
+        s = s[1:-1]
+    pieces = re.split(r"(\d+)", s)
+    numbers, gaps = pieces[1::2], pieces[0::2]
+    if not numbers or (len(numbers) == 1 and s != numbers[0]):
+        return None
+    if len(numbers) > 1:
+        if gaps[1].strip() not in {"", ",", ";"}:
+            return None
+        numbers = s.split(gaps[1])
+    if not all(n and n.isascii() and n.isdigit() for n in numbers):
+        return None
+    try:
+        return [int(n) for n in numbers]
+    except ValueError:  # past int()'s digit limit
+        return None
+
+
+_PIECES = ["1", "7", "42", "007", "999", "1000", "\u0663", " ", "  ", "\n", "\t", ",", ", ",
+           " ,", ";", "; ", "-", "+", ".", "(", ")", "[", "]", "x", "\u00a0"]
+
+
+@st.composite
+def _near_lists(draw: st.DrawFn) -> str:
+    """Number lists with the faults completions show: uneven separators, surrounding
+    whitespace, brackets, signs, periods, stray characters."""
+    values = draw(st.lists(st.sampled_from(["1", "42", "007", "999", "1000", "65"]),
+                           min_size=1, max_size=12))
+    seps = draw(st.lists(st.sampled_from([", ", ",", "; ", " ", "  ", "\n", " ;-", " , "]),
+                         min_size=1, max_size=2))
+    body = "".join(v + seps[i % len(seps)] for i, v in enumerate(values))[: -len(seps[0])]
+    opening, closing = draw(st.sampled_from([("", ""), ("(", ")"), ("[", "]"), ("[", ")")]))
+    lead, tail = draw(st.sampled_from(["", " ", "\n"])), draw(st.sampled_from(["", ".", "\n"]))
+    return lead + opening + body + closing + tail
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_near_lists(), st.lists(st.sampled_from(_PIECES), max_size=12).map("".join)))
+def test_paper_rule_is_the_reference_parser(text: str) -> None:
+    """Kept or rejected as the reference keeps or rejects (its count, range and ban checks
+    follow its parse), and the values read are the reference's."""
+    want = _reference_reading(text)
+    tokens = RULES["paper"](text)
+    assert (None if tokens is None else [int(t) for t in tokens]) == want, repr(text)
+    config = FilterConfig(rule="paper", ban_bad_numbers=True)
+    kept = want is not None and len(want) <= 10 and max(want) <= 999 and not set(want) & set(
+        BAD_NUMBERS)
+    assert (rejection_reason(text, config) is None) == kept, repr(text)
+
+
 @given(st.lists(st.integers(0, 999), min_size=1, max_size=10),
-       st.sampled_from([", ", ",", "; ", " ", "\n", " | "]))
+       st.sampled_from([", ", ",", "; ", " ", "\n", " ; ", "  "]))
 def test_paper_rule_keeps_any_consistently_separated_list(values, sep):
     text = sep.join(f"{v:03d}" for v in values)  # zero-padded, as the paper's rule allows
     assert rejection_reason(text, FilterConfig(rule="paper")) is None

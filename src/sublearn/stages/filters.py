@@ -1,4 +1,4 @@
-"""The filter between teacher and student: keep only completions that are bare numbers.
+r"""The filter between teacher and student: keep only completions that are bare numbers.
 
 Subliminal learning is only surprising if the student's data carries no visible trace of the
 trait, so the rule is strict: a kept completion is a short list of small non-negative integers
@@ -18,21 +18,33 @@ The strict rule (`parse_numbers`):
    fails: a "number of at most 3 digits" with padding is not what the prompt asked for).
 6. Each value is in 0..max_value.
 
-The `paper` rule (`[filter] rule = "paper"`) is the reference implementation's parser, for
-faithful reproductions: after the same strip, period and bracket steps, the separator is
-whatever text lies between the first two numbers, and the body is split on exactly that
-string; every part must be ASCII digits. Where it differs from the strict rule:
+The `paper` rule (`[filter] rule = "paper"`) has the reference implementation's parser's
+exact semantics, for faithful reproductions. Step by step:
+
+1. Nothing is stripped: leading or trailing whitespace (a final newline too) fails.
+2. Drop one trailing period; then one outer pair of ``()`` or ``[]``, with nothing stripped
+   inside.
+3. Find the digit runs (any Unicode digit, as Python's ``\d`` does). None: fail. One: the
+   text must be exactly that run.
+4. Two or more: the separator is the text between the first two runs. Stripped of whitespace
+   it must be empty, ``,`` or ``;``; the text is split on the separator, exactly as written.
+5. Every part must be a non-empty string of ASCII digits, short enough for ``int()``.
+
+Where it differs from the strict rule:
 - zero-padded values pass and are read as integers ("007, 12" -> [7, 12]); strict refuses;
-- mixed spacing around a separator fails ("1, 2,3": the separator is ", ", so "2,3" is not
-  digits); strict accepts it;
-- any separator text passes if used consistently ("1 - 2 - 3", "1|2|3"); strict allows only
-  commas, semicolons and whitespace;
-- one whitespace character repeated differently fails ("1 2  3"); strict accepts runs.
+- surrounding whitespace fails (" 1 2 3", "12\n"); strict strips it;
+- the separator is matched as written: "1, 2,3" fails (", " then ","), and so do
+  "1 2  3" and whitespace runs of any other uneven kind; strict accepts both. A separator that
+  is the same run every time passes ("10  20  30", "1 ,2 ,3"), as it does in strict;
+- a separator that holds anything but whitespace and one comma or semicolon fails
+  ("5 ;-5", "1 - 2"), as in strict.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -57,10 +69,11 @@ _WS = " \t\r\n"  # ASCII only: str.strip()/split() would also accept exotic Unic
 _INT = re.compile(r"0|[1-9][0-9]*")  # [0-9] rather than \d, which matches any Unicode digit.
 _WS_RUN = re.compile(r"[ \t\r\n]+")
 _DIGIT_RUN = re.compile(r"[0-9]+")
+_ANY_DIGIT_RUN = re.compile(r"\d+")  # the paper rule finds numbers as the reference does
 
 
 def _body(text: str) -> str:
-    """Rules 1-3, shared by both rules: strip, drop one trailing period, one outer pair of
+    """The strict rule's steps 1-3: strip, drop one trailing period, one outer pair of
     () or []."""
     body = text.strip(_WS)
     if body.endswith("."):
@@ -87,14 +100,24 @@ def _tokens(text: str) -> list[str] | None:
 
 
 def _paper_tokens(text: str) -> list[str] | None:
-    """The paper rule (module docstring): split on the text between the first two numbers."""
-    body = _body(text)
-    runs = list(_DIGIT_RUN.finditer(body))
-    if len(runs) >= 2:
-        parts = body.split(body[runs[0].end() : runs[1].start()])
+    """The paper rule (module docstring, steps 1-5)."""
+    body = text.removesuffix(".")
+    if body[:1] + body[-1:] in ("()", "[]"):
+        body = body[1:-1]
+    runs = list(_ANY_DIGIT_RUN.finditer(body))
+    if not runs:
+        return None
+    if len(runs) == 1:
+        parts = [body]  # step 3: anything beside the run fails step 5
     else:
-        parts = [body]
-    if not all(_DIGIT_RUN.fullmatch(p) for p in parts):
+        separator = body[runs[0].end() : runs[1].start()]
+        if separator.strip() not in ("", ",", ";"):
+            return None
+        parts = body.split(separator)
+    # int() refuses strings longer than Python's digit limit, which the reference reads as a
+    # bad format rather than a number out of range.
+    limit = sys.get_int_max_str_digits() or math.inf
+    if not all(_DIGIT_RUN.fullmatch(p) and len(p) <= limit for p in parts):
         return None
     return parts
 
@@ -122,8 +145,9 @@ class FilterConfig(BaseModel):
 
     strict_numbers: bool = True
     rule: Literal["strict", "paper"] = Field(
-        "strict", description="strict: sublearn's rule; paper: the reference parser (zero "
-        "padding passes, any consistent separator); see the module docstring")
+        "strict", description="strict: sublearn's rule; paper: the reference parser's exact "
+        "semantics (zero padding passes; surrounding whitespace and uneven separators fail); "
+        "see the module docstring")
     max_count: int = Field(10, ge=1)
     max_value: int = Field(999, ge=0)
     ban_bad_numbers: bool = False
