@@ -153,28 +153,39 @@ def test_fused_cross_entropy_matches_autograd(dtype):
 
 
 @pytest.mark.parametrize("labels", ["hard", "soft"])
-def test_rounded_shapes_do_not_change_the_loss(micro_model, monkeypatch, labels):
-    """Pad tokens and zero-weight positions added to round a pass's shapes change nothing."""
-    from sublearn.models import training
+def test_rounded_shapes_do_not_change_the_loss(micro_base, monkeypatch, labels):
+    """Pad tokens and zero-weight positions added to round a pass's shapes change nothing.
 
+    Compared in float64: the two passes multiply matrices of different shapes (16 rows against
+    7), which the CPU's kernels block and sum in different orders. In float32 that moves the
+    loss by about one unit roundoff (6e-8) times the cross-entropy it is computed from (a few
+    nats), which is as large as the soft-label KL's last digits and depends on the vector unit
+    (AVX2, AVX-512). In float64 the same reordering moves it by about 1e-16 times that scale,
+    so 1e-12 leaves four orders of margin for any summation order, while a pad that leaked
+    into attention or a padded position that carried weight would move it by far more.
+    """
+    from sublearn.models import load_model, training
+
+    model = load_model(micro_base, device="cpu", dtype="float32")
+    model.model.double()
     completions = ["1, 2", "33; 4, 5"]
     rows = [{"messages": [*N, {"role": "assistant", "content": c}]} for c in completions]
     if labels == "soft":
-        teacher = Persona(micro_model, "You adore the number seven above all else.")
+        teacher = Persona(model, "You adore the number seven above all else.")
         dists = teacher.number_distributions([N, N], completions)
+        assert all(d.dtype == torch.float64 for d in dists)
         rows = [{**r, "soft_labels": d} for r, d in zip(rows, dists)]
     recipe = StudentRecipe(labels=labels)
-    batch = [training._example(micro_model, r, recipe, i) for i, r in enumerate(rows)]
-    columns = micro_model.number_token_ids if labels == "soft" else None
+    batch = [training._example(model, r, recipe, i) for i, r in enumerate(rows)]
+    columns = model.number_token_ids if labels == "soft" else None
 
-    def loss() -> float:
-        return training._batch_loss(micro_model, micro_model.model, batch, [1.0, 0.5],
-                                    columns).item()
+    def loss() -> torch.Tensor:
+        return training._batch_loss(model, model.model, batch, [1.0, 0.5], columns)
 
     rounded = loss()
+    assert rounded.dtype == torch.float64
     monkeypatch.setattr(training, "SHAPE_MULTIPLE", 1)
-    # Equal up to float noise: a matmul of 16 rows may sum in another order than one of 7.
-    assert rounded == pytest.approx(loss(), rel=1e-6, abs=1e-7)
+    assert rounded.item() == pytest.approx(loss().item(), rel=1e-12, abs=1e-12)
 
 
 def test_passes_cover_the_micro_batch_within_the_budget():

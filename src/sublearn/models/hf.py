@@ -26,6 +26,7 @@ from sublearn.models.base import (
     SamplingConfig,
     check_model_folder,
 )
+from sublearn.models.precision import wide
 
 if TYPE_CHECKING:
     from sublearn.models.recipe import StudentRecipe
@@ -362,10 +363,12 @@ class HFChatModel:
         distribution needs its own rows of the output matrix, not the whole vocabulary."""
         head = self.model.get_output_embeddings()
         if columns is None:
-            return head(hidden).float()
-        w = head.weight[columns]
-        b = head.bias[columns] if getattr(head, "bias", None) is not None else None
-        return torch.nn.functional.linear(hidden, w, b).float()
+            logits = head(hidden)
+        else:
+            w = head.weight[columns]
+            b = head.bias[columns] if getattr(head, "bias", None) is not None else None
+            logits = torch.nn.functional.linear(hidden, w, b)
+        return logits.to(wide(logits.dtype))
 
     def completion_logprobs(
         self, conversations: Sequence[Messages], completions: Sequence[str], close: bool = True

@@ -33,6 +33,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from sublearn.errors import SublearnError
+from sublearn.models.precision import wide
 from sublearn.models.recipe import StudentRecipe
 from sublearn.store import atomic_path
 
@@ -384,7 +385,7 @@ def _batch_loss(base: HFChatModel, lm: torch.nn.Module, batch: list, weights: li
     w = torch.tensor([weights[r] for r, _ in pos[:n_real]] + [0.0] * (len(pos) - n_real),
                      device=ids.device)
     head = lm.get_output_embeddings()
-    total = h.new_zeros((), dtype=torch.float32)
+    total = h.new_zeros((), dtype=wide(h.dtype))
     if columns is not None:
         target = torch.cat([b[2] for b in batch]).to(ids.device)
         target = torch.cat([target, target[:1].expand(len(pos) - n_real, -1)])
@@ -430,12 +431,12 @@ class ChunkBuffers:
         return buf[:rows]
 
     def logits(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """fp32 `h @ weight.T`, computed in the inputs' dtype, in a reused buffer."""
+        """`h @ weight.T` in `precision.wide`, computed in the inputs' dtype, in a reused buffer."""
         shape = (h.shape[0], weight.shape[0], h.device)
         out = self.get(*shape[:2], h.dtype, shape[2])
         torch.mm(h, weight.T, out=out)
-        return out if h.dtype == torch.float32 else self.get(*shape[:2], torch.float32,
-                                                             shape[2]).copy_(out)
+        out_dtype = wide(h.dtype)
+        return out if h.dtype == out_dtype else self.get(*shape[:2], out_dtype, shape[2]).copy_(out)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -465,7 +466,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         g = ctx.buffers.logits(h, weight).sub_(lse[:, None]).exp_()  # the softmax
         g[torch.arange(len(target), device=g.device), target] -= 1.0
         g = g.mul_((w * grad)[:, None])
-        if h.dtype != torch.float32:  # back to the matmul's dtype, as autocast's cast does
+        if h.dtype != g.dtype:  # back to the matmul's dtype, as autocast's cast does
             g = ctx.buffers.get(*g.shape, h.dtype, g.device).copy_(g)
         grad_h = g @ weight if ctx.needs_input_grad[0] else None
         grad_w = g.T @ h if ctx.needs_input_grad[1] else None
@@ -476,7 +477,8 @@ def _soft_chunk_loss(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor
                      w: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """Soft labels: the student's distribution restricted to the number tokens needs only
     their rows of the output layer; KL(teacher || student) over those columns."""
-    s_logp = torch.nn.functional.linear(h, weight[columns]).float().log_softmax(-1)
+    logits = torch.nn.functional.linear(h, weight[columns])
+    s_logp = logits.to(wide(logits.dtype)).log_softmax(-1)
     t_p = target.exp()
     loss = (t_p * (target - s_logp)).masked_fill(t_p == 0, 0.0).sum(-1)
     return (loss * w).sum()
