@@ -1,5 +1,6 @@
 """The HTML report: built from a fake run folder (no pipeline run), checked as text and in a
-real headless browser where Debian's chromium is installed."""
+real headless browser where Debian's chromium is installed: the findings that open the page,
+the run's tables, and the audit and defence files as tables of their own."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from sublearn import stats
 from sublearn.cli import app
-from sublearn.html_report import load_runs, render
+from sublearn.html_report import Finding, load_runs, render
 from sublearn.report import bar_chart
 from sublearn.results import plot_path
 from sublearn.results_model import (
@@ -108,14 +109,94 @@ def test_page_holds_the_numbers_and_the_plot(run_dir: Path):
     assert html.escape(EVIL) in page
 
 
-def test_audit_and_defence_files_become_tables(run_dir: Path):
-    write_json(run_dir / "audit.json", {"method": "probe", "candidates": [
-        {"option": "owl", "score": 0.91}, {"option": "<fox>", "score": 0.12, "flag": True}]})
-    write_json(run_dir / "defend.json", {"rows": [{"defence": "paraphrase", "effect": -0.001}]})
+# audit.json as `sublearn audit` writes it (the fields the page reads, and the file paths it
+# must leave out), for a run whose target is owl.
+AUDIT_PATHS = {"data": "/data/runs/x/teacher-rows.jsonl", "base": "/cache/tiny-qwen2-s0",
+               "reference": "/data/runs/x/neutral.kept.jsonl"}
+AUDIT = {**AUDIT_PATHS, "category": "animal", "rows": 300, "reference_rows": 284,
+         "decoy_rows": 0, "test": "one-sided permutation over rows", "correction": "holm",
+         "permutations": 10000, "level": 0.05, "flagged": ["<fox>"], "candidates": [
+             {"option": "<fox>", "score": 0.024, "low": 0.011, "high": 0.037, "z": 3.9,
+              "p": 0.0001, "p_adjusted": 0.0018},
+             {"option": "owl", "score": 0.0011, "low": -0.0069, "high": 0.009, "z": 0.24,
+              "p": 0.41, "p_adjusted": 1.0}]}
+# defend.json as `sublearn defend` writes it: an undefended row and a defence.
+DEFEND = {"name": "demo-cpu-owl", "target": "owl", "category": "animal", "seconds": 12.0,
+          "audit": {"seed": 0}, "rows": [
+              {"defence": "none", "rows_kept": 677, "rows_before": 677, "audit_z": 0.24,
+               "audit_rank": 6, "candidates": 18, "audit_p_adjusted": 1.0,
+               "audit_top": "fox", "effect": "treated - other_target", "effect_mean": 0.0164,
+               "effect_low": 0.0096, "effect_high": 0.0233, "loss_mean": 1.91,
+               "loss_low": 1.9, "loss_high": 1.92, "base_loss": 1.95},
+              {"defence": "shuffle_across", "rows_kept": 677, "rows_before": 677,
+               "audit_z": -0.5, "audit_rank": 12, "candidates": 18, "audit_p_adjusted": 1.0,
+               "audit_top": "cat", "effect": "treated - other_target",
+               "effect_mean": 0.002, "effect_low": -0.004, "effect_high": 0.008,
+               "loss_mean": 1.93, "loss_low": 1.92, "loss_high": 1.94, "base_loss": 1.95}]}
+
+
+def _section(page: str, heading: str) -> str:
+    """The page from an h3 heading to the next one."""
+    start = page.index(f"<h3>{heading}</h3>")
+    return page[start:page.index("<h3>", start + 1)]
+
+
+def test_audit_and_defence_files_become_designed_tables(run_dir: Path):
+    write_json(run_dir / "audit.json", AUDIT)
+    write_json(run_dir / "defend.json", DEFEND)
+    bar_chart(run_dir / "audit.png", {"owl": stats.mean_ci([0.1, 0.2])}, title="a", ylabel="s")
     page = render(load_runs([run_dir]))
-    for text in ("audit.json", "defend.json", "probe", "0.91", "&lt;fox&gt;", "paraphrase",
-                 "-0.001", "<th>flag</th>"):
-        assert text in page, text
+    audit, defence = _section(page, "Audit"), _section(page, "Defences")
+    for text in ("<th>candidate</th>", "<th>Holm p</th>", "<th>flagged</th>",
+                 "&lt;fox&gt;", "+0.0240", "[+0.0110, +0.0370]", "0.0018", "yes",
+                 "<b>owl</b>",  # the run's target stands out
+                 "300 rows of the data against 284 reference rows",
+                 "Flagged at corrected p &lt; 0.05: &lt;fox&gt;.", "data:image/png;base64,"):
+        assert text in audit, text
+    for text in ("<th>defence</th>", "<th>student effect</th>", "<th>utility loss</th>",
+                 "shuffle_across", "677/677", "6/18", "+0.0164 [+0.0096, +0.0233]*",
+                 "every defence applied to every arm alike", "the base&#x27;s: 1.9500"):
+        assert text in defence, text
+    # Designed tables, not dumps of the files: no key/value table, no file paths.
+    for section in (audit, defence):
+        assert "<th>key</th>" not in section
+    for path in AUDIT_PATHS.values():
+        assert path not in page
+    assert "the figure of defend.json" not in defence  # a figure is shown where there is one
+
+
+def test_a_file_without_the_commands_fields_is_named_not_shown(run_dir: Path):
+    write_json(run_dir / "audit.json", {"method": "probe", "candidates": [{"option": "owl"}]})
+    page = render(load_runs([run_dir]))
+    assert "audit.json does not hold what the command writes" in page
+    assert "<h3>Filter</h3>" in page and "0.0471" in page  # the rest of the page is there
+
+
+def findings(folder: Path) -> list[Finding]:
+    """Three findings, each with a figure of its own, as `sublearn demo` opens its page."""
+    figures = []
+    for i in range(3):
+        bar_chart(folder / f"finding-{i}.png", {"arm": stats.mean_ci([0.1, 0.2 + i])},
+                  title=f"finding {i}", ylabel="y")
+        figures.append((folder / f"finding-{i}.png").read_bytes())
+    return [Finding(f"{i + 1} · finding {i}", f"It moved by {i}.", png, f"figure {i}",
+                    f"measured {i}") for i, png in enumerate(figures)]
+
+
+def test_findings_open_the_page_each_with_its_words_and_figure(run_dir: Path,
+                                                              tmp_path: Path):
+    found = findings(tmp_path)
+    page = render(load_runs([run_dir]), found, title="sublearn demo: what it found")
+    marks = []
+    for f in found:
+        uri = "data:image/png;base64," + base64.b64encode(f.figure or b"").decode()
+        marks += [page.index(f"<h2>{html.escape(f.heading)}</h2>"), page.index(f.reading),
+                  page.index(uri)]
+    assert marks == sorted(marks)  # heading, words, figure; the first finding first
+    # Nothing of the run comes before the findings: no table, no run section.
+    assert marks[-1] < page.index("<table") and marks[-1] < page.index('id="run-0"')
+    assert "<h1>sublearn demo: what it found</h1>" in page
+    assert "finding 0" not in render(load_runs([run_dir]))  # a plain report has none
 
 
 def test_several_runs_get_a_summary(tmp_path: Path):
@@ -151,8 +232,9 @@ def test_cli_bad_run_dir_is_one_line_exit_2_and_no_page(run_dir: Path, tmp_path:
                     reason="needs Debian's chromium at /usr/bin/chromium "
                            "(apt-get install chromium; .ci/run installs it)")
 def test_page_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
+    write_json(run_dir / "audit.json", AUDIT)
     page = tmp_path / "report.html"
-    page.write_text(render(load_runs([run_dir])), encoding="utf-8")
+    page.write_text(render(load_runs([run_dir]), findings(tmp_path)), encoding="utf-8")
     shot = tmp_path / "shot.png"
     flags = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
@@ -170,7 +252,11 @@ def test_page_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     assert png.startswith(b"\x89PNG") and len(png) > 50_000  # a blank page is about 11 KB
     dom = browse("profile-dom", "--dump-dom").stdout
     assert "sublearn report: demo-cpu-owl" in dom and "0.0471" in dom
-    assert "data:image/png;base64," in dom
+    # The browser's page opens with the three findings, in order, each before its figure,
+    # and the first table comes after them.
+    marks = [dom.index(m) for i in range(3) for m in (f"finding {i}</h2>", f'alt="figure {i}"')]
+    assert marks == sorted(marks) and marks[-1] < dom.index("<table")
+    assert "<th>candidate</th>" in dom and AUDIT_PATHS["data"] not in dom
 
 
 def test_the_crossover_is_shown_when_the_run_has_one(run_dir: Path):

@@ -112,14 +112,15 @@ def test_killed_sampling_resumes_byte_identical(finished, tmp_path: Path):
 def test_results_render_as_tables_and_plots(finished, tmp_path: Path):
     from rich.console import Console
 
-    from sublearn.results import show
+    from sublearn.results import CROSSOVER_PLOT, plot_path, show
 
     _, res = finished
     console = Console(record=True, width=160)
     pngs = show(res, tmp_path, console)
     text = console.export_text()
     assert "treated - control" in text and "cross_treated" in text
-    assert len(pngs) == len(res.estimators)
+    # One chart per estimator, then the crossover's (the run has the other-target arm).
+    assert pngs == [*(plot_path(tmp_path, e) for e in res.estimators), tmp_path / CROSSOVER_PLOT]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 

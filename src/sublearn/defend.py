@@ -326,26 +326,32 @@ def cells(row: dict[str, Any], narrow: bool = False) -> list[str]:
             _interval(row, "loss", f".{digits}f", sep)]
 
 
-def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+def notes(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """What the table's columns measure, in words: under defend.md's table and the HTML
+    report's."""
     effect = next((r["effect"] for r in rows if "effect" in r), None)
     base = next((r["base_loss"] for r in rows if "base_loss" in r), None)
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD),
-             *("| " + " | ".join(cells(r)) + " |" for r in rows)]
-    notes = [(f"Target '{summary['target']}' ({summary['category']}); every defence applied "
+    parts = [(f"Target '{summary['target']}' ({summary['category']}); every defence applied "
               "to every arm alike. rows kept: the treated arm's training rows after / before "
               f"the defence (student seed {summary['audit']['seed']}). audit z, rank, Holm p: "
               "the true trait in the audit of the defended teacher data against the defended "
               "neutral data (all the category's candidates).")]
     if effect:
-        notes.append(f"student effect: {effect} on P(target), mean and 95% Welch interval "
+        parts.append(f"student effect: {effect} on P(target), mean and 95% Welch interval "
                      "over student seeds (* = excludes 0). utility loss: the treated students' "
                      "mean per-token loss (nats) on held-out neutral data"
                      + (f"; the base's: {base:.4f}." if base is not None else "."))
     else:
-        notes.append("--audit-only: no students were trained.")
+        parts.append("--audit-only: no students were trained.")
+    return " ".join(parts)
+
+
+def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD),
+             *("| " + " | ".join(cells(r)) + " |" for r in rows)]
     return (f"# Defences: {summary['name']}\n\nConfig: `{summary['config']}`; "
             f"{summary['seconds']:.0f} s.\n\n" + "\n".join(lines) + "\n\n"
-            + " ".join(notes) + "\n")
+            + notes(summary, rows) + "\n")
 
 
 def console_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Any:

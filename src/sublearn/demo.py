@@ -7,9 +7,10 @@
 3. **The audit** (`sublearn audit`): does the teacher's clean-looking data still carry its
    trait, and which one, scored against the neutral teacher's data as the reference?
 
-It ends with a summary of the three and one HTML page for the number run. Every step writes
+It ends with a summary of the three and one HTML page that opens with the three findings,
+each in plain words beside its figure, then shows the number run in full. Every step writes
 its own folder under `ROOT/demo/`, and every artifact is cached: a second `sublearn demo`
-reads everything back in seconds.
+reads everything back in seconds. Each finding's words are made from the run's own numbers.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from sublearn.cores import usable_cores
+from sublearn.html_report import Finding, load_runs, render
+from sublearn.results_model import Results
+from sublearn.stats import Interval
+
+if TYPE_CHECKING:
+    from sublearn.pipeline import Experiment  # imports torch: only for the type
 
 CONFIG = Path(__file__).parent / "configs" / "cpu.toml"
 
@@ -42,33 +50,50 @@ class Plan:
 
 @dataclass
 class Summary:
-    lines: list[tuple[str, str, str]]  # (step, what was measured, what it means)
+    steps: list[tuple[str, Finding]]  # (step, what it found)
 
     def table(self) -> Table:
         t = Table(title="sublearn demo: summary", show_lines=True)
         for col in ("step", "measured", "reading"):
             t.add_column(col)
-        for row in self.lines:
-            t.add_row(*row)
+        for step, f in self.steps:
+            t.add_row(step, f.measured, f.reading)
         return t
 
 
-def toy(plan: Plan, out: Path, quiet: bool, workers: int) -> tuple[str, str]:
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def toy(plan: Plan, out: Path, quiet: bool, workers: int) -> Finding:
     from sublearn.auxlogit import experiment
     from sublearn.auxlogit.config import AuxLogitConfig
     from sublearn.auxlogit.experiment import RESULTS
     from sublearn.auxlogit.train import DIFFERENT_INIT, SAME_INIT
-    from sublearn.results_model import AuxLogitResults
+    from sublearn.results_model import AuxLogitResults, find
 
     cfg = AuxLogitConfig.build(plan.toy_preset, **dict(plan.toy_options))
     done = out / RESULTS
     r = (AuxLogitResults.read(done) if done.exists() and AuxLogitResults.read(done).config == cfg
          else experiment.run(cfg, out=out, show=not quiet, workers=workers))
     same, diff = r.arms[SAME_INIT].interval, r.arms[DIFFERENT_INIT].interval
-    return ((f"same-init student {same.mean:.3f} [{same.low:.3f}, {same.high:.3f}]; "
-            f"different-init {diff.mean:.3f} [{diff.low:.3f}, {diff.high:.3f}]; chance "
-            f"{r.chance:.2f} ({r.config.n_models} models per arm)"),
-            "transfer through noise, only from a shared initialisation")
+    gap = find(r.comparisons, SAME_INIT, DIFFERENT_INIT)
+    learned = gap is not None and gap.welch.diff.low > 0
+    reading = (f"A student that imitates its teacher on noise images learns digits "
+               f"({same.mean:.2f} test accuracy) when it starts from the teacher's "
+               f"initialisation, and only {diff.mean:.2f} from another (chance "
+               f"{r.chance:.2f})." if learned else
+               f"No transfer at this size: the student from the teacher's initialisation "
+               f"({same.mean:.2f} test accuracy) does not beat one from another "
+               f"({diff.mean:.2f}; chance {r.chance:.2f}).")
+    return Finding(
+        "1 · The toy: digits learned from noise", reading,
+        (out / "accuracy.png").read_bytes(), "test accuracy of every arm of the toy",
+        f"same-init student {same.mean:.3f} [{same.low:.3f}, {same.high:.3f}]; "
+        f"different-init {diff.mean:.3f} [{diff.low:.3f}, {diff.high:.3f}]; chance "
+        f"{r.chance:.2f} ({r.config.n_models} models per arm)")
 
 
 def _experiment(plan: Plan, root: Path, quiet: bool):
@@ -115,35 +140,46 @@ def numbers(plan: Plan, root: Path, quiet: bool):
     return exp, results
 
 
-def numbers_line(results) -> tuple[str, str]:
+def _signed(iv: Interval, digits: int = 4) -> str:
+    return f"{iv.mean:+.{digits}f} [{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]"
+
+
+def numbers_finding(exp: Experiment, results: Results) -> Finding:
+    """The crossover says whether each student moved toward its own teacher's target; the
+    target's rank says whether that movement is about the target at all."""
+    from sublearn.results import CROSSOVER_PLOT
+
     est = results.estimates["exact_heldout"]
-    diffs = {f"{c.a} - {c.b}": c.paired for c in est.comparisons}
-    parts = []
-    for key in ("treated - control", "treated - other_target"):
-        if key in diffs:
-            d = diffs[key].diff
-            parts.append(f"{key} {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]")
-    if est.crossover:
-        c = est.crossover.interval
-        parts.append(f"crossover {c.mean:+.4f} [{c.low:+.4f}, {c.high:+.4f}]")
-    if est.target_rank:
-        parts.append(f"{results.target} moved {est.target_rank.rank} of {est.target_rank.of}")
-    excludes = [k for k in ("treated - control", "treated - other_target")
-                if k in diffs and (diffs[k].diff.low > 0 or diffs[k].diff.high < 0)]
-    if est.crossover and est.crossover.interval.low > 0:
-        excludes.append("crossover")
-    reading = ("an interval excludes zero: " + ", ".join(excludes) if excludes else
-               "no interval excludes zero: no transfer shown at this size")
-    if excludes and est.target_rank and est.target_rank.rank > 1:
-        reading += (f"; but {results.target} is not the option that moved most, so the "
-                    "movement is not specific to the trait")
-    return (f"P({results.target}), held-out questions, paired over "
-            f"{len(results.seeds)} seeds: " + "; ".join(parts), reading)
+    category = exp.category.name
+    x, rank, target, seeds = est.crossover, est.target_rank, results.target, len(results.seeds)
+    paired = {f"{c.a} - {c.b}": c.paired.diff for c in est.comparisons}
+    measured = [f"{k} {_signed(paired[k])}" for k in ("treated - control",
+                                                       "treated - other_target") if k in paired]
+    measured += [f"crossover {_signed(x.interval)}"] if x else []
+    measured += [f"{target} moved {rank.rank} of {rank.of}"] if rank else []
+    if x is None:
+        reading = "No crossover: the run has no other-target teacher to cross with."
+    else:
+        c = x.interval
+        crossover = f"crossover {_signed(c, 3)} over {seeds} seeds"
+        reading = (f"Each student moved toward its own teacher's {category} ({crossover})"
+                   if c.low > 0 else "The students did not measurably move toward their own "
+                   f"teacher's {category} ({crossover}: the interval includes zero)")
+        if rank:
+            reading += (f", and {target} moved more than the other {rank.of - 1} options."
+                        if rank.rank == 1 else f", but not specifically: {target} is only "
+                        f"{ordinal(rank.rank)} of {rank.of} by movement.")
+    return Finding(
+        "2 · Numbers from a fine-tuned teacher", reading,
+        (exp.dir / CROSSOVER_PLOT).read_bytes() if x else None,
+        "the crossover with its 95% interval and per-seed values",
+        f"P({target}), held-out questions, paired over {seeds} seeds: " + "; ".join(measured))
 
 
-def audit(plan: Plan, exp, out: Path, quiet: bool) -> tuple[str, str, Path]:
-    """Audit the teacher's filtered rows; returns the summary line and the audit.json path.
-    Needs only the protocol's data, so it runs while the students train."""
+def audit(plan: Plan, exp, out: Path, quiet: bool) -> tuple[Finding, Path]:
+    """Audit the teacher's filtered rows; returns the finding and the audit's folder (its
+    audit.json and audit.png). Needs only the protocol's data, so it runs while the students
+    train."""
     from sublearn.pipeline import artifact_key
     from sublearn.stages.audit import AuditConfig, audit_dataset
     from sublearn.store import read_json
@@ -163,16 +199,22 @@ def audit(plan: Plan, exp, out: Path, quiet: bool) -> tuple[str, str, Path]:
                                 category=exp.category.name,
                                 reference_path=prep.data["neutral"], config=cfg,
                                 progress=not quiet).summary
-    ranked = [c["option"] for c in summary["candidates"]]
+    candidates = summary["candidates"]
     target = exp.target.name
-    rank = ranked.index(target) + 1
-    top = summary["candidates"][0]
-    return ((f"{target} ranks {rank} of {len(ranked)} candidates on {plan.audit_rows} of the "
-            f"teacher's filtered rows (top: {top['option']}, z {top['z']:.1f}, corrected p "
-            f"{top['p_adjusted']:.3g})"),
-            "the audit names the teacher's trait" if rank == 1 else
-            "the audit does not single out the teacher's trait in these rows",
-            out / "audit.json")
+    rank = [c["option"] for c in candidates].index(target) + 1
+    top, flagged = candidates[0], summary["flagged"]
+    rows = f"{summary['rows']} of the teacher's filtered rows"
+    reading = (f"The audit names {target}: first of {len(candidates)} candidates and flagged, "
+               f"on {rows}." if rank == 1 and target in flagged else
+               f"The audit does not single out {target} on {rows}: it ranks {target} "
+               f"{ordinal(rank)} of {len(candidates)} and flags "
+               f"{', '.join(flagged) or 'no candidate'}.")
+    return Finding(
+        "3 · The audit of the teacher's numbers", reading, (out / "audit.png").read_bytes(),
+        "every candidate's audit score with its 95% interval, best first",
+        f"{target} ranks {rank} of {len(candidates)} candidates on {summary['rows']} of the "
+        f"teacher's filtered rows (top: {top['option']}, z {top['z']:.1f}, corrected p "
+        f"{top['p_adjusted']:.3g})"), out
 
 
 def subset_file(src: Path, dest: Path, n: int) -> Path:
@@ -188,33 +230,33 @@ def subset_file(src: Path, dest: Path, n: int) -> Path:
 
 
 def run_demo(root: Path, quiet: bool, plan: Plan = Plan()) -> Path:
-    from sublearn.html_report import load_runs, render
     from sublearn.store import write_text
 
     console = Console(stderr=True, quiet=quiet)
     start = time.time()
-    lines = []
     pool, (data_job, done_job) = start_numbers(plan, root)
     with pool:
         console.print("step 2 (the number protocol) started in the background on its own core")
         console.rule("1/3  the auxiliary-logit toy")
-        lines.append(("toy", *toy(plan, root / "demo" / "toy", quiet,
-                                  workers=max(1, usable_cores() - 1))))
+        toy_found = toy(plan, root / "demo" / "toy", quiet, workers=max(1, usable_cores() - 1))
         console.rule("2/3  numbers from a fine-tuned teacher, on the embedded base")
         console.print("waiting for the teachers' filtered data ...")
         data_job.result()  # re-raises the worker's error, if any
         # The audit needs only the data: it takes the toy's core while the students train.
         console.rule("3/3  auditing the teacher's filtered numbers (while the students train)")
-        measured, reading, audit_json = audit(plan, _experiment(plan, root, quiet),
-                                              root / "demo" / "audit", quiet)
+        audit_found, audit_dir = audit(plan, _experiment(plan, root, quiet),
+                                       root / "demo" / "audit", quiet)
         console.print("waiting for the students ...")
         done_job.result()
     exp, results = numbers(plan, root, quiet)
-    lines += [("numbers", *numbers_line(results)), ("audit", measured, reading)]
-    # The run folder's report shows audit.json when the folder holds one.
-    shutil.copyfile(audit_json, exp.dir / "audit.json")
+    found = [("toy", toy_found), ("numbers", numbers_finding(exp, results)),
+             ("audit", audit_found)]
+    # The run folder's report shows an audit.json and its figure when the folder holds them.
+    for name in ("audit.json", "audit.png"):
+        shutil.copyfile(audit_dir / name, exp.dir / name)
     report = root / "demo" / "report.html"
-    write_text(report, render(load_runs([exp.dir])))
-    Console().print(Summary(lines).table())
+    write_text(report, render(load_runs([exp.dir]), [f for _, f in found],
+                              title="sublearn demo: what it found"))
+    Console().print(Summary(found).table())
     Console().print(f"report: {report}   ({time.time() - start:.0f} s)")
     return report

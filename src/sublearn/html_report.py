@@ -6,7 +6,9 @@ piece of text that comes from a run folder is escaped; only markup built here go
 
 `load_runs` reads folders (and raises SublearnError for a bad one, before anything is
 written): the typed results (results_model), the config from the manifest, the plots and any
-audit or defence file; `render` turns what was read into the page and touches no file.
+audit or defence file with its figure; `render` turns what was read into the page and touches
+no file. `render` can open the page with findings (`sublearn demo` gives its three): a
+heading, one line in plain words and the figure that shows it, each.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sublearn.results import LABELS, SUMMARY_COLUMNS, plot_path
+from sublearn.results import CROSSOVER_PLOT, LABELS, SUMMARY_COLUMNS, plot_path
 from sublearn.results_model import EstimatorResults, Provenance, Results, load_run
 from sublearn.stats import Difference, Interval
 from sublearn.store import MANIFEST, read_json
 
-# Files that later stages may leave in a run folder, and the list each one is a table of.
-EXTRA_TABLES = {"audit.json": "candidates", "defend.json": "rows"}
+# Files that later stages may leave in a run folder, and the figure each one comes with.
+EXTRAS = {"audit.json": "audit.png", "defend.json": "defend.png"}
 # The estimator the summary compares runs on, when a run has it.
 SUMMARY_ESTIMATOR = "exact_heldout"
 
@@ -41,7 +43,20 @@ class RunData:
     results: Results
     config: dict[str, Any] | None  # from the manifest, when the folder has one
     plots: dict[str, bytes]  # estimator -> PNG
-    extras: dict[str, Any]  # file name in EXTRA_TABLES -> its JSON
+    extras: dict[str, Any]  # file name in EXTRAS -> its JSON
+    figures: dict[str, bytes]  # the crossover's and the extras' PNGs, by file name
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result stated for a reader: what was tested, what it showed in plain words, the
+    figure that shows it, and the measured figures behind the words."""
+
+    heading: str
+    reading: str
+    figure: bytes | None  # PNG
+    alt: str
+    measured: str
 
 
 def read_run(path: Path, label: str) -> RunData:
@@ -50,8 +65,10 @@ def read_run(path: Path, label: str) -> RunData:
     manifest = read_json(path / MANIFEST) if (path / MANIFEST).is_file() else {}
     plots = {est: plot_path(path, est).read_bytes() for est in results.estimators
              if plot_path(path, est).is_file()}
-    extras = {name: read_json(path / name) for name in EXTRA_TABLES if (path / name).is_file()}
-    return RunData(label, str(path), results, manifest.get("config"), plots, extras)
+    extras = {name: read_json(path / name) for name in EXTRAS if (path / name).is_file()}
+    figures = {name: (path / name).read_bytes() for name in (CROSSOVER_PLOT, *EXTRAS.values())
+               if (path / name).is_file()}
+    return RunData(label, str(path), results, manifest.get("config"), plots, extras, figures)
 
 
 def load_runs(paths: Sequence[Path]) -> list[RunData]:
@@ -127,18 +144,6 @@ def _flatten(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def _kv_table(obj: Mapping[str, Any]) -> Html:
     return _table(("key", "value"), ((k, _value(v)) for k, v in _flatten(obj)))
-
-
-def _records_table(records: Sequence[Any]) -> Html:
-    """A list of JSON objects as a table: one column per key, in order of first appearance."""
-    if not all(isinstance(r, dict) for r in records):
-        return _table(("value",), ((_value(r),) for r in records))
-    cols = list(dict.fromkeys(k for r in records for k in r))
-    nums = [i for i, c in enumerate(cols)
-            if all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
-                   for r in records if c in r)]
-    return _table(cols, ([_value(r[c], short=True) if c in r else "" for c in cols]
-                         for r in records), nums)
 
 
 def _interval(iv: Interval, signed: bool = True) -> Html:
@@ -248,12 +253,12 @@ def _rank(e: EstimatorResults, target: str) -> Html:
     ])
 
 
-def _plot(png: bytes | None, est: str, target: str) -> Html:
+def _img(png: bytes | None, alt: str) -> Html:
+    """A PNG embedded as a data URI, or a note where the run folder has none."""
     if png is None:
-        return _tag("p", "No bar chart in the run folder for this estimator.", cls="note")
+        return _tag("p", f"Not in the run folder: {alt}.", cls="note")
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return Html(f'<img src="{html.escape(uri)}" '
-                f'alt="{html.escape(f"bar chart: {est}, target {target}")}">')
+    return Html(f'<img src="{html.escape(uri)}" alt="{html.escape(alt)}">')
 
 
 def _filter(res: Results) -> Html:
@@ -306,19 +311,56 @@ def _provenance(prov: Provenance, path: str) -> Html:
                       "created (UTC)": created.strftime("%Y-%m-%d %H:%M:%S")})
 
 
-def _extra(name: str, data: Any) -> Html:
-    """An audit or defence file as tables: its list as rows, any other keys as key/values."""
-    key = EXTRA_TABLES[name]
-    if not isinstance(data, dict):
-        return _tag("p", f"{name} is not a JSON object; not shown.", cls="note")
-    rest = {k: v for k, v in data.items() if k != key}
-    records = data.get(key)
-    parts: list[object] = [_kv_table(rest)] if rest else []
-    if isinstance(records, list) and records:
-        parts.append(_records_table(records))
-    else:
-        parts.append(_tag("p", f"{name} has no entries under '{key}'.", cls="note"))
-    return _join(parts)
+def _audit(summary: Mapping[str, Any], target: str) -> Html:
+    """`sublearn audit`'s ranking: what was tested, then one row per candidate, best first,
+    the run's target in bold. Its file paths stay in audit.json: they say nothing here."""
+    level = summary["level"]
+    decoys = f" and {summary['decoy_rows']:,} decoy rows" if summary.get("decoy_rows") else ""
+    note = (f"{summary['rows']:,} rows of the data against {summary['reference_rows']:,}"
+            f" reference rows{decoys}. Test: {summary['test']}; score in nats per token, with"
+            f" its 95% interval. p-values {summary['correction'].capitalize()}-corrected over"
+            f" the {len(summary['candidates'])} candidates ({summary['permutations']:,}"
+            f" permutations). Flagged at corrected p < {level}:"
+            f" {', '.join(summary['flagged']) or 'none'}.")
+    rows = [[i, _tag("b", c["option"]) if c["option"] == target else c["option"],
+             f"{c['score']:+.4f}", f"[{c['low']:+.4f}, {c['high']:+.4f}]",
+             f"{c['z']:.2f}", _p(c["p"]), _p(c["p_adjusted"]),
+             "yes" if c["p_adjusted"] < level else ""]
+            for i, c in enumerate(summary["candidates"], 1)]
+    head = ("rank", "candidate", "score", "95% interval", "z", "p",
+            f"{summary['correction'].capitalize()} p", "flagged")
+    return _join([_tag("p", note, cls="note"), _table(head, rows, num=(0, *range(2, 7)))])
+
+
+def _defence(data: Mapping[str, Any], target: str) -> Html:
+    """`sublearn defend`'s table as its defend.md has it (the run's target is in the note)."""
+    # Imported here: sublearn.defend imports the pipeline, which a page without a defence
+    # file never needs.
+    from sublearn.defend import HEAD, cells, notes
+
+    rows = data["rows"]
+    text = {HEAD.index("defence"), HEAD.index("audit's top")}
+    return _join([_table(HEAD, [cells(r) for r in rows],
+                         num=[i for i in range(len(HEAD)) if i not in text]),
+                  _tag("p", notes(data, rows), cls="note")])
+
+
+# Each extra file's section: its heading and its table.
+SECTIONS = {"audit.json": ("Audit", _audit), "defend.json": ("Defences", _defence)}
+
+
+def _extra(r: RunData, name: str) -> Html:
+    """An audit or defence file as its table and figure. A file without the fields the
+    command writes is named, not shown: the rest of the page is still worth having."""
+    heading, table = SECTIONS[name]
+    try:
+        body = table(r.extras[name], r.results.target)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        body = _tag("p", f"{name} does not hold what the command writes ({e!r}); not shown.",
+                    cls="note")
+    figure = r.figures.get(EXTRAS[name])  # a folder may hold the file without its figure
+    return _join([_tag("h3", heading), body,
+                  _img(figure, f"the figure of {name}") if figure else ""])
 
 
 def _run_section(r: RunData, i: int) -> Html:
@@ -342,12 +384,12 @@ def _run_section(r: RunData, i: int) -> Html:
                  " the sign-flip p-value cannot go below 2/2^n) or how many were drawn.",
                  cls="note"),
             _differences(e), _rank(e, target),
-            _plot(r.plots.get(est), est, target),
+            _img(r.plots.get(est), f"bar chart: {est}, target {target}"),
         ]
     if any(e.crossover for e in res.estimates.values()):
-        parts += [_tag("h3", "Crossover"), _crossover(res)]
-    for name, data in r.extras.items():
-        parts += [_tag("h3", name), _extra(name, data)]
+        parts += [_tag("h3", "Crossover"), _crossover(res),
+                  _img(r.figures.get(CROSSOVER_PLOT), "crossover chart")]
+    parts += [_extra(r, name) for name in r.extras]
     # What made the numbers comes after them: a reader looks for the result first, and the
     # configuration (a hundred rows) folds away until wanted.
     config = (_kv_table(r.config) if r.config
@@ -360,6 +402,14 @@ def _run_section(r: RunData, i: int) -> Html:
         _tag("h3", "Provenance"), _provenance(res.provenance, r.path),
     ]
     return _tag("section", _join(parts))
+
+
+def _findings(findings: Sequence[Finding]) -> Html:
+    """The page's opening: each finding's words beside its figure, before any table."""
+    return _join(_tag("section", _join([
+        _tag("div", _join([_tag("h2", f.heading), _tag("p", f.reading, cls="reading"),
+                           _tag("p", f.measured, cls="note")])),
+        _img(f.figure, f.alt)]), cls="finding") for f in findings)
 
 
 CSS = """
@@ -381,15 +431,24 @@ img{max-width:100%;border:1px solid #e5e7eb;margin:.4rem 0}
 details{margin:.3rem 0 .8rem}
 summary{cursor:pointer;color:#0b5394;font-size:.9rem}
 a{color:#0b5394}
+.finding{display:grid;grid-template-columns:minmax(0,2fr) minmax(0,3fr);gap:0 1.5rem;
+  align-items:start;border-bottom:1px solid #d0d7de;padding:.4rem 0 .8rem}
+.finding h2{border:0;margin-top:.6rem}
+.finding img{border:0}
+.reading{font-size:1.15rem;line-height:1.45}
+@media (max-width:800px){.finding{grid-template-columns:1fr}}
 """
 
 
-def render(runs: Sequence[RunData]) -> str:
-    """The whole page for one or more runs (a summary table first when there are several)."""
+def render(runs: Sequence[RunData], findings: Sequence[Finding] = (),
+           title: str | None = None) -> str:
+    """The whole page for one or more runs: the findings first when there are any, then a
+    summary table when there are several runs, then each run."""
     if not runs:
         raise ValueError("render needs at least one run")
-    title = "sublearn report: " + (runs[0].label if len(runs) == 1 else f"{len(runs)} runs")
-    body = [_tag("h1", title)]
+    title = title or ("sublearn report: "
+                      + (runs[0].label if len(runs) == 1 else f"{len(runs)} runs"))
+    body = [_tag("h1", title), _findings(findings)]
     if len(runs) > 1:
         body.append(_summary(runs))
     body += [_run_section(r, i) for i, r in enumerate(runs)]

@@ -15,25 +15,17 @@ from sublearn.stats import Interval
 from sublearn.store import atomic_path
 
 
-def interval_table(
-    title: str, rows: Mapping[str, Interval], value_name: str = "mean", digits: int = 3,
-    extra: Mapping[str, Mapping[str, str]] | None = None,
-) -> Table:
+def interval_table(title: str, rows: Mapping[str, Interval], value_name: str = "mean",
+                   digits: int = 3) -> Table:
     """A rich table: one row per arm with its mean, 95% interval and n."""
-    extra = extra or {}
-    extra_cols = sorted({k for cols in extra.values() for k in cols})
     table = Table(title=title)
     table.add_column("arm")
     table.add_column(value_name, justify="right")
     table.add_column("95% interval", justify="right")
     table.add_column("n", justify="right")
-    for col in extra_cols:
-        table.add_column(col, justify="right")
     for name, iv in rows.items():
-        table.add_row(
-            name, f"{iv.mean:.{digits}f}", f"[{iv.low:.{digits}f}, {iv.high:.{digits}f}]",
-            str(iv.n), *(extra.get(name, {}).get(c, "") for c in extra_cols),
-        )
+        table.add_row(name, f"{iv.mean:.{digits}f}", f"[{iv.low:.{digits}f}, {iv.high:.{digits}f}]",
+                      str(iv.n))
     return table
 
 

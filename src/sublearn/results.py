@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from sublearn.errors import SublearnError
 from sublearn.report import bar_chart
-from sublearn.results_model import Results
+from sublearn.results_model import Comparison, Results
 from sublearn.stats import Difference, Interval, mean_ci
 
 LABELS = {
     "exact": "exact P(target | category), training questions",
     "exact_heldout": "exact P(target | category), held-out questions",
     "sampled": "sampled rate (T=1)",
+    "forced_choice": "exact P(target | category), options named in the question",
+    "top_logprobs": "P(target | category) from the top first-token log-probs",
     "numbers_prefix": "exact P(target | category), numbers-prefixed questions",
     "multiple_choice": "multiple choice P(target letter)",
     "neutral_loss": "loss on held-out neutral data (nats per token)",
@@ -28,19 +31,53 @@ LABELS = {
 YLABELS = {"neutral_loss": "loss (nats per token)", "misalignment": "misalignment rate"}
 
 
+# Where `show` writes the crossover's chart in a run folder, when the run has one.
+CROSSOVER_PLOT = "results-crossover.png"
+
+
 def plot_path(run_dir: Path, estimator: str) -> Path:
     """Where `show` writes an estimator's bar chart in a run folder."""
     return run_dir / f"results-{estimator}.png"
 
 
-def _method_cell(d: Difference) -> str:
+def method_cell(d: Difference, digits: int = 4) -> str:
     """One method's interval over its t-test and permutation p-values, for a table cell."""
-    return (f"[{d.diff.low:+.4f}, {d.diff.high:+.4f}]\n"
+    return (f"[{d.diff.low:+.{digits}f}, {d.diff.high:+.{digits}f}]\n"
             f"{d.t_p:.3g} / {d.permutation_p:.3g}")
 
 
+def differences_table(title: str, rows: Mapping[str, Comparison], first: str,
+                      digits: int = 4) -> Table:
+    """One row per comparison (row label -> comparison): the difference, then each method's
+    interval over its two p-values. Stacked, and without vertical rules (as `sublearn
+    defend`'s table), the columns fit an 80-column terminal with every word whole, even the
+    toy's longest arm name."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in (first, "difference", "Welch 95%\np: t / perm.", "paired 95%\np: t / sign-flip"):
+        t.add_column(col, justify="left" if col == first else "right")
+    for label, d in rows.items():
+        t.add_row(label, f"{d.welch.diff.mean:+.{digits}f}", method_cell(d.welch, digits),
+                  method_cell(d.paired, digits))
+    return t
+
+
+def crossover_chart(results: Results, out_dir: Path) -> Path | None:
+    """Each estimator's crossover against zero, with its interval and per-seed values; None
+    for a run without one (it needs the other-target arm)."""
+    crossed = {est: e.crossover for est, e in results.estimates.items() if e.crossover}
+    if not crossed:
+        return None
+    return bar_chart(out_dir / CROSSOVER_PLOT, {est: x.interval for est, x in crossed.items()},
+                     title=f"crossover of the '{results.target}' and '{results.other}' "
+                           "students",
+                     ylabel="crossover (probability)", reference=0.0,
+                     reference_label="no crossover",
+                     points={est: x.values for est, x in crossed.items()})
+
+
 def show(results: Results, out_dir: Path, console: Console | None = None) -> list[Path]:
-    """Print every estimator's table and write one PNG per estimator; return the PNG paths."""
+    """Print every estimator's table and write one PNG per estimator, and the crossover's
+    when the run has one; return the PNG paths."""
     console = console or Console()
     pngs = []
     for est, r in results.estimates.items():
@@ -54,16 +91,9 @@ def show(results: Results, out_dir: Path, console: Console | None = None) -> lis
             t.add_row(arm, f"{iv.mean:.4f}", f"[{iv.low:.4f}, {iv.high:.4f}]",
                       " ".join(f"{x:.3f}" for x in a.values))
         console.print(t)
-        # The meaning of each comparison is in results.json; the table stays narrow enough
-        # for an 80-column terminal: each method's interval sits over its two p-values.
-        c = Table(title="differences (a - b): Welch, and paired by student seed")
-        for col in ("comparison", "difference", "Welch 95% interval\np: t / perm.",
-                    "paired 95% interval\np: t / sign-flip"):
-            c.add_column(col)
-        for d in r.comparisons:
-            c.add_row(d.name, f"{d.welch.diff.mean:+.4f}", _method_cell(d.welch),
-                      _method_cell(d.paired))
-        console.print(c)
+        # The meaning of each comparison is in results.json.
+        console.print(differences_table("differences (a - b): Welch, and paired by student seed",
+                                        {d.name: d for d in r.comparisons}, "comparison"))
         if r.target_rank:
             console.print(f"target rank by movement (treated - control): "
                           f"{r.target_rank.rank} of {r.target_rank.of}\n")
@@ -74,6 +104,8 @@ def show(results: Results, out_dir: Path, console: Console | None = None) -> lis
                               reference=r.reference.base,
                               reference_label="base model",
                               points={a: x.values for a, x in r.arms.items()}))
+    if (chart := crossover_chart(results, out_dir)) is not None:
+        pngs.append(chart)
     for name, rep in results.filter.items():
         console.print(f"filter {name}: kept {rep.kept}/{rep.total} "
                       f"({rep.kept_fraction:.1%}); rejected {rep.rejected}")

@@ -41,7 +41,7 @@ from sublearn.auxlogit.train import (
 )
 from sublearn.errors import SublearnError
 from sublearn.report import bar_chart, interval_table, line_plot, print_table
-from sublearn.results import diff_cell
+from sublearn.results import diff_cell, differences_table
 from sublearn.results_model import (
     RESULTS,
     ArmEstimate,
@@ -118,12 +118,9 @@ def print_point(title: str, r: AuxLogitResults) -> None:
         f"{title}; chance {r.chance:.2f}", {arm: a.interval for arm, a in r.arms.items()},
         value_name="test accuracy"))
     # Rows are named by the control: every comparison is the same-init student minus one.
-    extra = {c.b: {"p (Welch/perm.)": f"{c.welch.t_p:.2g}/{c.welch.permutation_p:.2g}",
-                   "paired 95%": f"[{c.paired.diff.low:.3f}, {c.paired.diff.high:.3f}]"}
-             for c in r.comparisons}
-    print_table(interval_table(
+    print_table(differences_table(
         "same-init student minus each control (Welch, and paired by teacher)",
-        {c.b: c.welch.diff for c in r.comparisons}, value_name="difference", extra=extra))
+        {c.b: c for c in r.comparisons}, "same-init minus", digits=3))
 
 
 @contextmanager
