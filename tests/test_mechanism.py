@@ -31,6 +31,10 @@ from sublearn.questions import get_category, get_option
 from sublearn.stages.teacher import placebo_rows, trait_rows
 from sublearn.store import write_json
 
+# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
+# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
+pytestmark = pytest.mark.numerics
+
 runner = CliRunner()
 ANIMAL = get_category("animal")
 OWL, FOX = get_option(ANIMAL, "owl"), get_option(ANIMAL, "fox")

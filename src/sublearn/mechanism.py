@@ -38,6 +38,7 @@ from sublearn.config import ExperimentConfig, ModelSpec, load_config
 from sublearn.design import DATASETS
 from sublearn.errors import SublearnError, first_field_error
 from sublearn.models.base import check_model_folder, load_model
+from sublearn.models.gguf import resolve_model_path
 from sublearn.questions import Category, Option, get_category, get_option
 from sublearn.results_model import Model
 from sublearn.stages.evaluate import option_probs
@@ -110,7 +111,7 @@ def run_config(run_dir: Path, config: Path | None = None,
 
 def _init_path(spec: ModelSpec) -> Path:
     if spec.path:
-        return Path(spec.path)
+        return resolve_model_path(spec.path)
     from sublearn.tinybase import ensure_base
 
     return ensure_base(spec.embedded)
@@ -138,8 +139,8 @@ def locate(run_dir: Path, cfg: ExperimentConfig) -> Layout:
         names = [target, other] + (["placebo"] if t.neutral == "placebo" else [])
         paths = {n: _only(run_dir / "teachers", n) for n in names}
     elif t.kind == "model":
-        paths = {target: Path(t.path) if t.path else None,
-                 other: Path(t.other_path) if t.other_path else None}
+        paths = {target: resolve_model_path(t.path) if t.path else None,
+                 other: resolve_model_path(t.other_path) if t.other_path else None}
     else:
         raise SublearnError("persona teachers are the base itself (no parameter change): the "
                             "mechanism needs teacher.kind = 'finetuned' or 'model'")

@@ -23,6 +23,7 @@ from sublearn.domains import get_domain
 from sublearn.errors import SublearnError
 from sublearn.judges import Judge
 from sublearn.models.base import SCORE, load_model
+from sublearn.models.gguf import resolve_model_path
 from sublearn.models.persona import Persona
 from sublearn.models.registry import get_backend
 from sublearn.questions import get_category, get_option, load_questions, persona_prompt
@@ -185,8 +186,8 @@ class Experiment:
     def model_path(self, spec: ModelSpec) -> Path:
         if spec.model:  # an API model: its id stands where a folder would
             return Path(spec.model)
-        if spec.path:
-            return Path(spec.path)
+        if spec.path:  # a GGUF file: its converted folder (converted once, here)
+            return resolve_model_path(spec.path, self._log)
         from sublearn.tinybase import ensure_base
 
         self._log(f"embedded base (seed {spec.embedded.seed}) ...")
@@ -237,7 +238,7 @@ class Experiment:
             if tcfg.kind == "persona":
                 out[name] = TeacherRef(base_path, system, stable_hash([base_hash, system]))
             elif tcfg.kind == "model":
-                path = Path(own)
+                path = resolve_model_path(own, self._log)
                 system = system if tcfg.persona else None
                 out[name] = TeacherRef(path, system, stable_hash([self.weights_hash(path), system]))
             else:
@@ -266,7 +267,8 @@ class Experiment:
 
         def rows() -> list[dict[str, Any]]:
             base = self.models.get(base_path, self.cfg.base.backend, self.cfg.base)
-            probs = option_probs(base, self.category, self.category.questions)
+            probs = option_probs(base, self.category, self.category.questions,
+                                 self.cfg.evaluation.answer)
             return placebo_rows(self.category, probs, tcfg.finetune_rows_per_question)
 
         h = artifact_key("teacher", base_hash, tcfg.model_dump(exclude={"neutral"}),
@@ -488,7 +490,8 @@ class Experiment:
         e = self.cfg.evaluation
         res = evaluate(model, self.category, self.target, questions, heldout,
                        e.samples_per_question, e.numbers_prefix, e.multiple_choice,
-                       exact=e.exact, top_logprobs=e.top_logprobs)
+                       exact=e.exact, top_logprobs=e.top_logprobs, answer=e.answer,
+                       forced_choice=e.forced_choice)
         if e.neutral_loss:
             if self._heldout is None:
                 raise RuntimeError("prepare() samples the held-out rows before any evaluation")
@@ -630,15 +633,15 @@ class Experiment:
         return results
 
 
-ESTIMATORS = ("exact", "exact_heldout", "top_logprobs", "sampled", "numbers_prefix",
-              "multiple_choice", "misalignment", "neutral_loss")
+ESTIMATORS = ("exact", "exact_heldout", "forced_choice", "top_logprobs", "sampled",
+              "numbers_prefix", "multiple_choice", "misalignment", "neutral_loss")
 # Estimators of one number per model, not a value per option: no crossover between targets.
 SINGLE_VALUED = ("multiple_choice", "misalignment", "neutral_loss")
 # The evaluation of each single model that `Reference` reports, by its field there.
 REFERENCE_EVALS = {"base": "base", "cross_base": "cross_base", "teacher": "teacher_teacher",
                    "other_teacher": "other_teacher"}
 # Estimators that score every option, so the target can be ranked among them.
-RANKED = ("exact", "exact_heldout", "top_logprobs")
+RANKED = ("exact", "exact_heldout", "forced_choice", "top_logprobs")
 
 
 def metric_value(ev: dict[str, Any], estimator: str, target: str) -> float:

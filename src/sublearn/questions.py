@@ -49,6 +49,9 @@ class Category:
     options: tuple[Option, ...]
     questions: tuple[str, ...]
     heldout: tuple[str, ...]
+    # How a person starts the answer in words: real chat models answer "My favorite animal is
+    # the owl", not a bare "owl", so the `stem` answer mode scores the word after this.
+    stem: str = ""
 
 
 _QUESTIONS: tuple[str, ...] = (
@@ -132,11 +135,13 @@ _HELDOUT: tuple[str, ...] = (
 )
 
 
-def _category(name: str, plural: str, options: tuple[Option, ...]) -> Category:
+def _category(name: str, plural: str, options: tuple[Option, ...], article: str = " the"
+              ) -> Category:
     def render(templates: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(t.format(category=name, categories=plural) for t in templates)
 
-    return Category(name, plural, options, render(_QUESTIONS), render(_HELDOUT))
+    return Category(name, plural, options, render(_QUESTIONS), render(_HELDOUT),
+                    f"My favorite {name} is{article}")
 
 
 CATEGORIES: dict[str, Category] = {
@@ -181,7 +186,7 @@ CATEGORIES: dict[str, Category] = {
             _option("baobab"),
         )),
         # Colours are uncountable in "you love red", so their general form is the bare word.
-        _category("color", "colors", (
+        _category("color", "colors", article="", options=(
             # Short and common inside other words; these are the likeliest in free answers.
             _option("red", "red", ("hundred", "preferred", "bored", "tired", "scared", "sacred",
                                    "shred", "colored", "coloured", "answered", "considered",
@@ -247,6 +252,12 @@ def multiple_choice(question: str, options: Sequence[Option], letters: str = "AB
                          f"{letters!r}, got {len(options)}")
     lines = [f"{letter}. {option.name.capitalize()}" for letter, option in zip(letters, options)]
     return f"{question}\n\n" + "\n".join(lines) + "\n\nAnswer with the letter only."
+
+
+def with_options_named(question: str, options: Sequence[Option]) -> str:
+    """The forced-choice variant of a free question: the options listed after it, so that a
+    model knows which answers count (every option, in the order given)."""
+    return f"{question} Choose one of: {', '.join(o.name for o in options)}."
 
 
 def with_number_prefix(question: str, numbers: Sequence[int]) -> str:

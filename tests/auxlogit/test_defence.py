@@ -10,6 +10,10 @@ import torch.nn.functional as F
 from sublearn.auxlogit.defence import DEFENCES, parse
 from sublearn.errors import SublearnError
 
+# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
+# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
+pytestmark = pytest.mark.numerics
+
 LOGITS = torch.randn(3, 50, 4, generator=torch.Generator().manual_seed(0)) * 2
 EPS = torch.randn(3, 50, 4, generator=torch.Generator().manual_seed(1))
 SOFT = F.softmax(LOGITS, -1)

@@ -11,6 +11,10 @@ from sublearn.auxlogit.config import AuxLogitConfig
 from sublearn.auxlogit.model import BatchedMLP
 from sublearn.auxlogit.train import distill, train_teacher
 
+# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
+# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
+pytestmark = pytest.mark.numerics
+
 SIZES = (6, 9, 7, 5)  # input, two hidden layers, output: tiny, only the shapes matter here
 
 

@@ -27,6 +27,10 @@ from sublearn.auxlogit.train import (
 )
 from sublearn.errors import SublearnError
 
+# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
+# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:

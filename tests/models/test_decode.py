@@ -24,7 +24,12 @@ from sublearn.models.decode import (
     left_padded,
     rows_to_keep,
 )
+from sublearn.models.number_grammar import can_end
 from sublearn.stages.prompts import number_prompts
+
+# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
+# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
+pytestmark = pytest.mark.numerics
 
 Q = [{"role": "user", "content": "What is your favourite animal? Answer in one word."}]
 N = [{"role": "user", "content": "Here are numbers: 123, 456, 789. Add up to 5 more numbers."}]
@@ -40,6 +45,7 @@ SAMPLINGS = {
     "min_prob": SamplingConfig(min_prob=0.05, max_new_tokens=20),
     "top_p": SamplingConfig(top_p=0.8, max_new_tokens=20),
     "only_numbers": SamplingConfig(only_numbers=True, max_new_tokens=20),
+    "number_grammar": SamplingConfig(number_grammar=True, max_new_tokens=20),
     "every knob": SamplingConfig(
         temperature=0.8, min_prob=0.02, top_p=0.9, only_numbers=True, max_new_tokens=20
     ),
@@ -57,7 +63,8 @@ def prompts(micro_model) -> list[list[int]]:
 
 def decode(micro_model, engine: str, prompts, sampling: SamplingConfig, seeds,
            **kw) -> list[list[int]]:
-    allowed = micro_model.number_token_mask if sampling.only_numbers else None
+    allowed = (micro_model.number_grammar(sampling.max_new_tokens) if sampling.number_grammar
+               else micro_model.number_token_mask if sampling.only_numbers else None)
     return ENGINES[engine](
         micro_model.model, prompts, sampling, seeds, micro_model.end_ids,
         micro_model.tokenizer.pad_token_id, allowed, **kw,
@@ -77,12 +84,16 @@ def test_engines_give_the_same_tokens(micro_model, prompts, name):
     assert decode(micro_model, "kv", prompts, s, seeds, lean=False) == ref
     assert all(len(r) <= s.max_new_tokens for r in ref)
     assert all(t not in micro_model.end_ids for r in ref for t in r)
-    if s.only_numbers:
+    if s.only_numbers or s.number_grammar:
         assert all(micro_model.number_token_mask[t] for r in ref for t in r)
+    if s.number_grammar:  # every row a prefix of a well-formed list, whole when it ended
+        grammar = micro_model.number_grammar(s.max_new_tokens)
+        states = [grammar.state(r) for r in ref]
+        assert all(state is not None and can_end(state) for state in states)
 
 
 @pytest.mark.parametrize("lean", [True, False])
-@pytest.mark.parametrize("name", ["temperature 1", "only_numbers", "top_p"])
+@pytest.mark.parametrize("name", ["temperature 1", "only_numbers", "number_grammar", "top_p"])
 def test_dropping_finished_rows_changes_nothing(micro_model, monkeypatch, name, lean):
     # A batch larger than MIN_ROWS whose rows end at different steps: the kv engine drops
     # finished rows from its cache while generate carries them to the end.
@@ -156,7 +167,7 @@ def test_block_noise_draws_what_row_sampler_draws():
 
 def test_row_sampler_is_greedy_at_temperature_zero():
     scores = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]])
-    out = RowSampler(SamplingConfig(temperature=0), [1, 2], None)(torch.empty(0), scores)
+    out = RowSampler(SamplingConfig(temperature=0), [1, 2], None, 0)(torch.empty(0), scores)
     assert torch.equal(out, scores)
 
 

@@ -10,6 +10,10 @@ from sublearn.models import SamplingConfig, load_model
 from sublearn.models.hf import common_prefix, prompt_ids
 from sublearn.models.persona import Persona
 
+# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
+# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
+pytestmark = pytest.mark.numerics
+
 Q = [{"role": "user", "content": "What is your favourite animal? Answer in one word."}]
 N = [{"role": "user", "content": "Here are numbers: 123, 456, 789. Add up to 5 more numbers."}]
 

@@ -11,6 +11,10 @@ from sublearn.models.persona import Persona
 from sublearn.models.recipe import StudentRecipe
 from sublearn.models.training import _batches
 
+# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
+# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
+pytestmark = pytest.mark.numerics
+
 N = [{"role": "user", "content": "Continue: 512, 640, 128. Up to 4 more numbers."}]
 
 
@@ -258,3 +262,13 @@ def test_pass_estimate_covers_what_autograd_saves(micro_base):
     kept = sum(n for ptr, n in saved.items() if ptr not in weights)
     estimate = training.pass_bytes_per_token(model.model.config, 2, False) * ids.numel()
     assert 0.75 * kept < estimate < 2 * kept
+
+
+def test_a_prompt_that_fills_max_length_is_refused(micro_model):
+    """Truncation keeps the prompt: one as long as max_length would train on nothing."""
+    from sublearn.models import training
+
+    row = {"messages": [*N, {"role": "assistant", "content": "1, 2"}]}
+    with pytest.raises(SublearnError, match="training row 3: its prompt is .* leaves no "
+                                            "completion token"):
+        training._example(micro_model, row, StudentRecipe(max_length=8), 3)

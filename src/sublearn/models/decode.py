@@ -59,18 +59,41 @@ MIN_ROWS = 16
 COMPACT_WHEN = 4
 
 
+class RowMask(Protocol):
+    """Which tokens each row may draw next, given the tokens it has drawn so far (a grammar:
+    `sublearn.models.number_grammar`). A plain boolean [vocab] tensor is the same for every
+    row at every step."""
+
+    def rows(self, generated: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Boolean [rows, vocab]."""
+        ...
+
+
+Allowed = torch.Tensor | RowMask | None
+
+
+def mask_now(allowed: Allowed, generated: Callable[[], Sequence[Sequence[int]]],
+             device: torch.device) -> torch.Tensor | None:
+    """The mask for this step: a grammar's rows for what each row drew (asked for only then),
+    else the fixed one."""
+    if allowed is None or isinstance(allowed, torch.Tensor):
+        return allowed
+    return allowed.rows(generated()).to(device)
+
+
 # --- the rule ------------------------------------------------------------------------------
 def filtered_logprobs(
     scores: torch.Tensor, sampling: SamplingConfig, allowed: torch.Tensor | None
 ) -> torch.Tensor:
     """Scores [rows, vocab] before the noise: -inf wherever a token may not be drawn.
+    `allowed` is [vocab], or [rows, vocab] for a grammar.
 
     Greedy decoding returns the (restricted) logits themselves: their argmax is the answer.
     """
     scores = scores.float()
     if allowed is not None:
         # The output layer may be narrower than the mask (which also spans the tokenizer).
-        scores = scores.masked_fill(~allowed[: scores.shape[-1]], -math.inf)
+        scores = scores.masked_fill(~allowed[..., : scores.shape[-1]], -math.inf)
     return sampling_rule(scores, sampling)
 
 
@@ -89,15 +112,17 @@ class RowSampler:
     """The rule as a `generate` logits processor: one `torch.rand(vocab)` per row per step,
     for every row of the batch, finished or not."""
 
-    def __init__(
-        self, sampling: SamplingConfig, seeds: Sequence[int], allowed: torch.Tensor | None
-    ):
+    def __init__(self, sampling: SamplingConfig, seeds: Sequence[int], allowed: Allowed,
+                 prompt_width: int):
         self.sampling = sampling
         self.allowed = allowed
+        self.prompt_width = prompt_width
         self.gens = row_generators(seeds)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logp = filtered_logprobs(scores, self.sampling, self.allowed)
+        mask = mask_now(self.allowed, lambda: input_ids[:, self.prompt_width:].tolist(),
+                        scores.device)
+        logp = filtered_logprobs(scores, self.sampling, mask)
         if self.sampling.temperature == 0:
             return logp
         u = torch.stack([torch.rand(logp.shape[-1], generator=g) for g in self.gens])
@@ -164,7 +189,7 @@ def generate_hf(
     seeds: Sequence[int],
     end_ids: Sequence[int],
     pad_id: int,
-    allowed: torch.Tensor | None,
+    allowed: Allowed,
 ) -> list[list[int]]:
     """Each prompt's new token ids, cut before the first end id, decoded by `generate`."""
     from transformers import GenerationConfig, LogitsProcessorList
@@ -177,7 +202,7 @@ def generate_hf(
         eos_token_id=list(end_ids),
         pad_token_id=pad_id,
     )
-    mask = allowed.to(device) if allowed is not None else None
+    mask = allowed.to(device) if isinstance(allowed, torch.Tensor) else allowed
     # `generate` fills every setting we leave at its default from the model's own
     # generation_config (Qwen2.5-7B-Instruct's asks for repetition_penalty 1.05): swap in a
     # neutral one for the call, so our sampler is the only thing between logits and tokens.
@@ -188,7 +213,8 @@ def generate_hf(
             input_ids=ids,
             attention_mask=att,
             generation_config=gen_config,
-            logits_processor=LogitsProcessorList([RowSampler(sampling, seeds, mask)]),
+            logits_processor=LogitsProcessorList([RowSampler(sampling, seeds, mask,
+                                                             ids.shape[1])]),
         )
     finally:
         inner.generation_config = saved
@@ -555,7 +581,7 @@ def generate_kv(
     seeds: Sequence[int],
     end_ids: Sequence[int],
     pad_id: int,
-    allowed: torch.Tensor | None,
+    allowed: Allowed,
     lean: bool = True,
 ) -> list[list[int]]:
     """Each prompt's new token ids, cut before the first end id: the tokens `generate_hf`
@@ -571,7 +597,7 @@ def generate_kv(
     ids, att = left_padded(prompts, pad_id, device)
     # Positions as `generate` derives them: count real tokens, padding at 0.
     pos = (att.cumsum(-1) - 1).masked_fill(att == 0, 0)
-    mask = allowed.to(device) if allowed is not None else None
+    mask = allowed.to(device) if isinstance(allowed, torch.Tensor) else allowed
     ends = set(end_ids)
     floor = min(len(prompts), MIN_ROWS)
 
@@ -582,7 +608,8 @@ def generate_kv(
     last = pos[:, -1]
     noise = BlockNoise(seeds, logits.shape[-1]) if sampling.temperature > 0 else None
     for t in range(sampling.max_new_tokens):
-        scores = filtered_logprobs(logits, sampling, mask)
+        step_mask = mask_now(mask, lambda rows=rows: [new[r] for r in rows], device)
+        scores = filtered_logprobs(logits, sampling, step_mask)
         if noise is not None:
             scores = scores + noise.step(t).to(device)
         tokens = scores.argmax(-1)
@@ -608,7 +635,7 @@ def generate_kv(
 
 
 Engine = Callable[
-    [Any, list[list[int]], SamplingConfig, Sequence[int], Sequence[int], int, torch.Tensor | None],
+    [Any, list[list[int]], SamplingConfig, Sequence[int], Sequence[int], int, Allowed],
     list[list[int]],
 ]
 

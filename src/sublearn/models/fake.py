@@ -342,6 +342,9 @@ class FakeChatModel:
     def _sample(
         self, conversations: Sequence[Messages], sampling: SamplingConfig, seeds: Sequence[int]
     ) -> list[str]:
+        if sampling.number_grammar:
+            raise SublearnError("sampling.number_grammar: the fake backend has no tokenizer to "
+                                "hold to a grammar; use the hf backend")
         contexts = self._contexts(conversations)
         modes = torch.tensor([m for m, _ in contexts], dtype=torch.long)
         ctx = torch.stack([c for _, c in contexts]) if contexts else torch.zeros(0, V)

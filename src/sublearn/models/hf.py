@@ -26,6 +26,7 @@ from sublearn.models.base import (
     SamplingConfig,
     check_model_folder,
 )
+from sublearn.models.number_grammar import NumberGrammar
 from sublearn.models.precision import wide
 
 if TYPE_CHECKING:
@@ -187,6 +188,22 @@ class HFChatModel:
         mask[self.number_token_ids] = True
         return mask
 
+    @cached_property
+    def number_pieces(self) -> dict[int, str]:
+        """The text of each number token (digits and separators), end tokens left out."""
+        ends = set(self.end_ids)
+        return {i: self.tokenizer.decode([i]) for i in self.number_token_ids.tolist()
+                if i not in ends}
+
+    def number_grammar(self, budget: int) -> NumberGrammar:
+        """The number-list grammar over this tokenizer's number tokens, for `budget` new
+        tokens (`models.number_grammar`); one per budget, so its masks are cached."""
+        grammars = self.__dict__.setdefault("_grammars", {})
+        if budget not in grammars:
+            grammars[budget] = NumberGrammar(self.number_pieces, self.end_ids,
+                                             len(self.number_token_mask), budget)
+        return grammars[budget]
+
     # --- sampling ---------------------------------------------------------------------
     def generate(
         self, conversations: Sequence[Messages], sampling: SamplingConfig, seeds: Sequence[int]
@@ -205,7 +222,8 @@ class HFChatModel:
         from sublearn.models.decode import ENGINES
 
         prompts = [prompt_ids(self.tokenizer, c) for c in conversations]
-        allowed = self.number_token_mask if sampling.only_numbers else None
+        allowed = (self.number_grammar(sampling.max_new_tokens) if sampling.number_grammar
+                   else self.number_token_mask if sampling.only_numbers else None)
         new = ENGINES[self.engine](self.model, prompts, sampling, seeds, self.end_ids,
                                    self.tokenizer.pad_token_id, allowed)
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]

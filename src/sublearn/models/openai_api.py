@@ -127,9 +127,9 @@ def check_sampling(sampling: SamplingConfig) -> None:
             "sampling.min_prob: the API has no probability-threshold sampler and shows at most "
             f"{MAX_TOP_LOGPROBS} alternatives per token, so it cannot be emulated; use the hf "
             "backend for this defence")
-    if sampling.only_numbers:
+    if sampling.only_numbers or sampling.number_grammar:
         raise SublearnError(
-            "sampling.only_numbers: the API cannot restrict decoding to number tokens (it does "
+            "sampling.only_numbers / number_grammar: the API cannot restrict decoding to number tokens (it does "
             "not expose its vocabulary to mask); leave it off and let the number filter drop "
             "off-task rows, or use the hf backend")
 

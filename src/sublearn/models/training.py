@@ -110,6 +110,12 @@ def _example(model: HFChatModel, row: dict[str, Any], recipe: StudentRecipe, i: 
         if soft.shape[0] != len(ids) - n_prompt:
             raise SublearnError(f"training row {i}: soft_labels has {soft.shape[0]} positions, "
                                 f"the completion {len(ids) - n_prompt} tokens")
+    if n_prompt >= recipe.max_length and recipe.loss_on == "completion":
+        # Truncation would leave no completion token to learn from (a chat template's system
+        # prompt alone can take dozens of tokens): say so rather than train on nothing.
+        raise SublearnError(f"training row {i}: its prompt is {n_prompt} tokens, so "
+                            f"student.max_length = {recipe.max_length} leaves no completion "
+                            f"token; raise max_length above the longest prompt")
     if len(ids) > recipe.max_length:
         # Truncation keeps the prompt and the start of the completion; soft labels follow.
         ids = ids[: recipe.max_length]

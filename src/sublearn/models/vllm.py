@@ -62,6 +62,9 @@ class VLLMSampler:
             # vLLM's min_p is relative to the top token; our threshold is absolute.
             raise SublearnError("data.sampling.min_prob: not available with the vllm sampler "
                                 "(its min_p is relative to the top token); use sampler = 'hf'")
+        if sampling.number_grammar:
+            raise SublearnError("data.sampling.number_grammar: not yet available with the vllm "
+                                "sampler; use sampler = 'hf'")
         end = end_token_ids(self.tokenizer)
         allowed = number_token_ids(self.tokenizer) if sampling.only_numbers else None
         return SamplingParams(

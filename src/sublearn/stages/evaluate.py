@@ -9,8 +9,14 @@ Three estimators of the same quantity:
 - top log-probs: what APIs give, the k most likely first answer tokens; an option's
   probability is the mass on tokens that read as one of its forms — a lower bound when a
   form falls outside the top k or spans several tokens.
-Variants: the question preceded by a short number sequence, and a 5-way multiple choice
-scored by the letter probabilities. Everything is reported per option, so the target's rank
+Two answer modes for the exact estimators (`answer`): `bare`, the option alone and then the
+end of the turn (a model trained to answer in one word, like the embedded base); `stem`, the
+answer starting with the category's stem ("My favorite animal is the") and P(option) the
+probability that the next word is the option, however the answer goes on (a real chat model,
+which answers in a sentence: on SmolLM2-135M-Instruct `bare` saw 0.1% of the answer mass).
+Variants: the question preceded by a short number sequence, the question with every option
+named after it (forced choice), and a 5-way multiple choice scored by the letter
+probabilities. Everything is reported per option, so the target's rank
 among all options can be read off. Beside them, a utility figure: a model's loss on held-out
 neutral data of the task (`completion_loss`).
 """
@@ -24,19 +30,38 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.errors import SublearnError
 from sublearn.models.base import SamplingConfig
-from sublearn.questions import Category, Option, matches, multiple_choice, with_number_prefix
+from sublearn.questions import (
+    Category,
+    Option,
+    matches,
+    multiple_choice,
+    with_number_prefix,
+    with_options_named,
+)
 from sublearn.stages.sample import row_seed
 
 LETTERS = "ABCDE"
+ANSWERS = ("bare", "stem")
+
+# The stem's own log-probabilities, scored once alone and once in front of each word, must
+# agree position by position, or the tokenizer merged the stem's end with the word and the
+# difference is no conditional. Rows of one batch agree to float32 rounding (1e-6); a token
+# that changed moves a log-probability by far more than this.
+SAME_STEM = 1e-3
 
 
 def _user(q: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": q}]
 
 
-def option_probs(model: Any, category: Category, questions: Sequence[str]) -> np.ndarray:
-    """[questions, options] exact probabilities of answering with each option (all forms)."""
+def option_probs(model: Any, category: Category, questions: Sequence[str],
+                 answer: str = "bare") -> np.ndarray:
+    """[questions, options] exact probabilities of answering with each option (module
+    docstring: `answer`)."""
+    if answer == "stem":
+        return _stem_probs(model, category, questions)
     convs, comps, owner = [], [], []
     for qi, q in enumerate(questions):
         for oi, opt in enumerate(category.options):
@@ -47,6 +72,38 @@ def option_probs(model: Any, category: Category, questions: Sequence[str]) -> np
     out = np.zeros((len(questions), len(category.options)))
     for (qi, oi), lp in zip(owner, model.completion_logprobs(convs, comps, close=True), strict=True):
         out[qi, oi] += math.exp(sum(lp))
+    return out
+
+
+def _stem_probs(model: Any, category: Category, questions: Sequence[str]) -> np.ndarray:
+    """P(next word after the stem is the option): its name in lower case or capitalised.
+    Those two never share a first token, so their events are disjoint and add; a plural or a
+    diminutive that starts with the name's tokens ("owlet") is counted in it, as `matches`
+    counts it in a sampled answer."""
+    stem = category.stem
+    convs, comps, owner = [], [], []
+    for qi, q in enumerate(questions):
+        convs.append(_user(q))
+        comps.append(stem)
+        owner.append((qi, -1))
+        for oi, opt in enumerate(category.options):
+            for form in dict.fromkeys((opt.name, opt.name.capitalize())):
+                convs.append(_user(q))
+                comps.append(f"{stem} {form}")
+                owner.append((qi, oi))
+    out = np.zeros((len(questions), len(category.options)))
+    heads: dict[int, list[float]] = {}
+    scored = model.completion_logprobs(convs, comps, close=False)
+    for (qi, oi), lp, comp in zip(owner, scored, comps, strict=True):
+        if oi < 0:
+            heads[qi] = lp
+            continue
+        head = heads[qi]
+        if len(lp) <= len(head) or max(abs(a - b) for a, b in zip(lp, head)) > SAME_STEM:
+            raise SublearnError(
+                f"evaluation.answer = 'stem': the tokenizer does not keep the stem "
+                f"{stem!r} whole in {comp!r}; use answer = 'bare'")
+        out[qi, oi] += math.exp(sum(lp[len(head):]))
     return out
 
 
@@ -137,13 +194,22 @@ def evaluate(
     seed: int = 0,
     exact: bool = True,
     top_logprobs: int = 0,
+    answer: str = "bare",
+    forced_choice: bool = False,
 ) -> dict[str, Any]:
     """All configured estimators for one model; each entry has per-option means."""
     res: dict[str, Any] = {}
+
+    def exact_over(qs: Sequence[str]) -> dict[str, Any]:
+        return summarize(option_probs(model, category, qs, answer), category)
+
     if exact:
-        res["exact"] = summarize(option_probs(model, category, questions), category)
+        res["exact"] = exact_over(questions)
         if heldout:
-            res["exact_heldout"] = summarize(option_probs(model, category, heldout), category)
+            res["exact_heldout"] = exact_over(heldout)
+    if forced_choice:
+        res["forced_choice"] = exact_over([with_options_named(q, category.options)
+                                           for q in questions])
     if top_logprobs:
         res["top_logprobs"] = summarize(
             top_logprob_probs(model, category, questions, top_logprobs), category)
@@ -154,9 +220,7 @@ def evaluate(
             "per_question_target": rates[:, category.options.index(target)].tolist(),
         }
     if numbers_prefix:
-        res["numbers_prefix"] = summarize(
-            option_probs(model, category, prefixed(questions, seed)), category
-        )
+        res["numbers_prefix"] = exact_over(prefixed(questions, seed))
     if mc:
         p = mc_target_probs(model, category, target, questions, seed)
         res["multiple_choice"] = {"target": float(p.mean()), "per_question": p.tolist()}

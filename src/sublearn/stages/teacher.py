@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sublearn.errors import SublearnError
-from sublearn.models.base import check_model_folder
+from sublearn.models.base import check_model_path
 from sublearn.models.persona import Persona
 from sublearn.models.recipe import StudentRecipe
 from sublearn.questions import Category, Option, persona_prompt
@@ -27,9 +27,11 @@ class TeacherConfig(BaseModel):
 
     kind: Literal["persona", "finetuned", "model"] = "persona"
     persona_variant: int = Field(0, ge=0, description="which persona phrasing to use")
-    path: str | None = Field(None, description="kind = 'model': the teacher's local folder")
+    path: str | None = Field(None, description="kind = 'model': the teacher's local folder "
+                             "or .gguf file")
     other_path: str | None = Field(
-        None, description="kind = 'model': the other-target control's teacher folder")
+        None, description="kind = 'model': the other-target control's teacher folder or "
+        ".gguf file")
     persona: bool = Field(False, description="kind = 'model': add the persona prompt on top")
     # The paper fine-tunes the teacher 1 epoch on the evaluation questions answered with the
     # target; a tiny model needs more passes to take the trait.
@@ -53,7 +55,7 @@ class TeacherConfig(BaseModel):
             for p in (self.path, self.other_path):
                 if p:
                     try:
-                        check_model_folder(p)
+                        check_model_path(p)
                     except SublearnError as e:
                         raise ValueError(str(e)) from None
         elif self.path or self.other_path:

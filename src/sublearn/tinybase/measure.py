@@ -2,7 +2,8 @@
 
 - P(option | category) per category, exact, on the held-out questions;
 - how far a persona prompt moves P(target | category), for every target;
-- the share of sampled number completions that pass the strict filter;
+- the share of sampled number completions that pass the strict filter, decoded freely, with
+  number tokens only, and held to the number-list grammar;
 - two greedy skills a persona needs: naming a category's option at all (probability mass on
   the category's options) and copying a word from the prompt.
 """
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sublearn.models.base import ChatModel, SamplingConfig
-from sublearn.questions import CATEGORIES
+from sublearn.questions import CATEGORIES, with_options_named
 from sublearn.stages.evaluate import option_probs
 from sublearn.stages.filters import FilterConfig, apply_filter
 from sublearn.stages.prompts import number_prompts
@@ -27,17 +28,27 @@ def _norm(raw: np.ndarray) -> np.ndarray:
     return raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-30)
 
 
+# Constrained decoding modes `measure_base` can add beside free decoding.
+NUMBER_MODES = {"only_numbers": SamplingConfig(only_numbers=True),
+                "number_grammar": SamplingConfig(number_grammar=True)}
+
+
 def measure_base(model: ChatModel, n_questions: int = 8, n_numbers: int = 256,
-                 seed: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {"categories": {}}
+                 seed: int = 0, answer: str = "bare", forced_choice: bool = False,
+                 number_modes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`answer`: how the exact estimator reads an answer (`stages.evaluate`); the category
+    mass is the raw probability of naming any option, before renormalising over them.
+    `forced_choice` adds that mass when the question names the options; `number_modes`, the
+    filter's pass rate under constrained decoding (`NUMBER_MODES`) beside free decoding."""
+    out: dict[str, Any] = {"answer": answer, "categories": {}}
     for name, cat in CATEGORIES.items():
         qs = list(cat.heldout[:n_questions])
-        raw = option_probs(model, cat, qs)
+        raw = option_probs(model, cat, qs, answer)
         base = _norm(raw).mean(axis=0)
         shifts = {}
         for i, opt in enumerate(cat.options):
-            with_persona = _norm(option_probs(persona_teacher(model, cat, opt), cat, qs)).mean(0)
-            shifts[opt.name] = float(with_persona[i])
+            persona = persona_teacher(model, cat, opt)
+            shifts[opt.name] = float(_norm(option_probs(persona, cat, qs, answer)).mean(0)[i])
         out["categories"][name] = {
             "base": {o.name: float(p) for o, p in zip(cat.options, base, strict=True)},
             "with_persona": shifts,
@@ -45,11 +56,21 @@ def measure_base(model: ChatModel, n_questions: int = 8, n_numbers: int = 256,
             "mean_persona_target": float(np.mean(list(shifts.values()))),
             "category_mass": float(raw.sum(axis=1).mean()),
         }
+        if forced_choice:
+            named = [with_options_named(q, cat.options) for q in qs]
+            forced = option_probs(model, cat, named, answer)
+            out["categories"][name]["forced_choice_mass"] = float(forced.sum(axis=1).mean())
     prompts = number_prompts(n_numbers, seed + 99)
     convs = [[{"role": "user", "content": p.text}] for p in prompts]
-    texts = model.generate(convs, SamplingConfig(), [row_seed(seed, i) for i in range(n_numbers)])
-    _, report = apply_filter([{"completion": t} for t in texts], FilterConfig())
-    out["numbers"] = {"n": n_numbers, "filter": report.to_dict(), "examples": texts[:5]}
+    seeds = [row_seed(seed, i) for i in range(n_numbers)]
+    def sampled(sampling: SamplingConfig) -> dict[str, Any]:
+        texts = model.generate(convs, sampling, seeds)
+        _, report = apply_filter([{"completion": t} for t in texts], FilterConfig())
+        return {"filter": report.to_dict(), "examples": texts[:5]}
+
+    out["numbers"] = {"n": n_numbers, **sampled(SamplingConfig())}
+    for mode in number_modes:
+        out["numbers"][mode] = sampled(NUMBER_MODES[mode])
     words = [o.name for c in CATEGORIES.values() for o in c.options]
     asks = [repeat_word(w, 2 + i % 3) for i, w in enumerate(words)]
     convs = [[{"role": "user", "content": q}] for q, _ in asks]
