@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from sublearn.cli import app
@@ -41,3 +42,12 @@ def test_base_info_measures_a_model(micro_base: Path, tmp_path: Path):
                                "--questions", "1", "--numbers", "8"])
     assert res.exit_code == 0, res.output
     assert "strict filter" in res.output and out.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--answer", "word"], "--answer 'word': choose one of bare, stem"),
+    (["--targets", "owl,unicorn"], "unknown animal 'unicorn'"),
+])
+def test_entangle_refuses_bad_arguments_before_loading(tmp_path: Path, args, message):
+    res = runner.invoke(app, ["entangle", str(tmp_path / "no-model"), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output

@@ -287,6 +287,63 @@ def table(
     typer.echo(summary_table({r.name: load_run(r) for r in runs}, estimator, pooled))
 
 
+@app.command("entangle")
+@friendly
+def entangle(
+    model_path: Annotated[str, typer.Argument(help="A model folder, a .gguf file or "
+                                              "catalogue:NAME (sublearn model list).")],
+    targets: Annotated[str, typer.Option(help="Comma-separated options of the category.")] = "owl",
+    category: Annotated[str, typer.Option(help="The trait's category.")] = "animal",
+    answer: Annotated[str, typer.Option(help="How the category question is read: bare or "
+                                        "stem (real chat models).")] = "stem",
+    max_value: Annotated[int, typer.Option(help="Values 0..max-value are scored.")] = 999,
+    top: Annotated[int, typer.Option(help="Entangled values per target.")] = 3,
+    controls: Annotated[int, typer.Option(help="Random values per target.")] = 10,
+    questions: Annotated[int, typer.Option(help="Held-out category questions.")] = 4,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures "
+                                                     "here.")] = None,
+) -> None:
+    """Subliminal prompting: do a target's entangled numbers, put into a system prompt that
+    never names the target, raise P(target | category)?
+
+    Per target: every value 0..max-value is scored as the answer to a favourite-number
+    question with and without the target's persona; the entangled values are those the
+    persona raises most (among the 50 it makes likeliest). Then P(target | category), exact,
+    under "You love the number N ..." for each entangled value and for random values; the
+    effect is the difference of the two means, with an exact permutation p. A positive effect
+    says the number channel runs from the trait to numbers and back in this model.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from sublearn.models import load_model
+    from sublearn.questions import get_category, get_option
+    from sublearn.stages.entanglement import EntanglementConfig, measure
+    from sublearn.stages.evaluate import ANSWERS
+    from sublearn.store import write_json
+
+    # Every bad argument is one line before the model loads.
+    if answer not in ANSWERS:
+        raise SublearnError(f"--answer {answer!r}: choose one of {', '.join(ANSWERS)}")
+    cat = get_category(category)
+    opts = [get_option(cat, t.strip()) for t in targets.split(",") if t.strip()]
+    cfg = EntanglementConfig(max_value=max_value, top=top, controls=controls,
+                             questions=questions, answer=answer)
+    res = measure(load_model(model_path, device="cpu", dtype="float32"), cat, opts, cfg)
+    t = Table(title=f"subliminal prompting, {category} (answer: {answer})")
+    for col in ("target", "entangled", "P plain", "P entangled", "P random", "effect", "p"):
+        t.add_column(col)
+    for name, r in res["targets"].items():
+        mean = sum(r["p_target_entangled"]) / len(r["p_target_entangled"])
+        rand = sum(r["p_target_random"]) / len(r["p_target_random"])
+        t.add_row(name, " ".join(str(e["value"]) for e in r["entangled"]),
+                  f"{r['p_target_plain']:.3f}", f"{mean:.3f}", f"{rand:.3f}",
+                  f"{r['effect']:+.3f}", f"{r['p']:.3f}")
+    Console().print(t)
+    if json_out:
+        write_json(json_out, res)
+
+
 @app.command("mechanism")
 @friendly
 def mechanism(
