@@ -24,10 +24,6 @@ from sublearn.stages.defences import (
     row_scores,
 )
 
-# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
-# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
-pytestmark = pytest.mark.numerics
-
 ANIMAL = get_category("animal")
 NAMES = [o.name for o in ANIMAL.options]
 

@@ -10,10 +10,6 @@ from sublearn.tinybase import BaseConfig, build_base
 from sublearn.tinybase.corpus import CorpusMix, base_preferences, corpus
 from tests.conftest import MICRO
 
-# Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
-# (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
-pytestmark = pytest.mark.numerics
-
 
 def test_base_is_a_plain_transformers_folder(micro_base: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
