@@ -154,12 +154,13 @@ def check_model_path(path: str | Path) -> Path:
     """`check_model_folder`, a GGUF file or a catalogue name ("catalogue:smollm2-135m"):
     checked here (the file exists and starts with the GGUF magic; the name is known) and
     converted to a folder only when it is loaded (`models.gguf.resolve_model_path`)."""
-    from sublearn.models.gguf import CATALOGUE_PREFIX, check_gguf, is_gguf
+    from sublearn.models.gguf import catalogue_name, check_gguf, is_gguf
 
-    if str(path).startswith(CATALOGUE_PREFIX):
+    name = catalogue_name(path)
+    if name is not None:
         from sublearn.models.catalogue import get_entry
 
-        get_entry(str(path).removeprefix(CATALOGUE_PREFIX))
+        get_entry(name)
         return Path(path)
     return check_gguf(path) if is_gguf(path) else check_model_folder(path)
 

@@ -142,15 +142,21 @@ def convert_gguf(path: str | Path, expected_sha256: str | None = None,
 CATALOGUE_PREFIX = "catalogue:"
 
 
+def catalogue_name(path: str | Path) -> str | None:
+    """The catalogue entry a model path names ("catalogue:NAME"), or None."""
+    name = str(path)
+    return name.removeprefix(CATALOGUE_PREFIX) if name.startswith(CATALOGUE_PREFIX) else None
+
+
 def resolve_model_path(path: str | Path, log: Callable[[str], None] | None = None) -> Path:
     """A model path as a backend loads it: a catalogue name becomes its model's converted
     folder (installed, checked and converted on first use), a GGUF file its converted folder;
     a folder, or an API model id, is returned as it is."""
-    name = str(path)
-    if name.startswith(CATALOGUE_PREFIX):
+    name = catalogue_name(path)
+    if name is not None:
         from sublearn.models.catalogue import fetch
 
-        return fetch(name.removeprefix(CATALOGUE_PREFIX), log or (lambda msg: None))
+        return fetch(name, log or (lambda msg: None))
     return convert_gguf(path, log=log) if is_gguf(path) else Path(path)
 
 
@@ -239,7 +245,7 @@ def _check_logits(model: Any, tokenizer: Any, out: Path, src: Path) -> None:
 
 
 def _write_manifest(out: Path, src: Path, sha: str, model: Any, t0: float,
-                        transformers_version: str) -> None:
+                    transformers_version: str) -> None:
     import gguf
     import torch
 

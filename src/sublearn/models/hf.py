@@ -198,11 +198,14 @@ class HFChatModel:
     def number_grammar(self, budget: int) -> NumberGrammar:
         """The number-list grammar over this tokenizer's number tokens, for `budget` new
         tokens (`models.number_grammar`); one per budget, so its masks are cached."""
-        grammars = self.__dict__.setdefault("_grammars", {})
-        if budget not in grammars:
-            grammars[budget] = NumberGrammar(self.number_pieces, self.end_ids,
-                                             len(self.number_token_mask), budget)
-        return grammars[budget]
+        if budget not in self._grammars:
+            self._grammars[budget] = NumberGrammar(self.number_pieces, self.end_ids,
+                                                   len(self.number_token_mask), budget)
+        return self._grammars[budget]
+
+    @cached_property
+    def _grammars(self) -> dict[int, NumberGrammar]:
+        return {}
 
     # --- sampling ---------------------------------------------------------------------
     def generate(

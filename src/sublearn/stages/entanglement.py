@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sublearn.models.persona import Persona
 from sublearn.questions import Category, Option
-from sublearn.stages.evaluate import option_probs
+from sublearn.stages.evaluate import option_probs, summarize
 from sublearn.stages.teacher import persona_teacher
 from sublearn.stats import permutation_p
 
@@ -74,9 +74,8 @@ def value_logprobs(model: Any, max_value: int) -> np.ndarray:
 def target_prob(model: Any, category: Category, target: Option, questions: Sequence[str],
                 answer: str) -> float:
     """Mean over questions of P(target | category), renormalised over the options."""
-    raw = option_probs(model, category, questions, answer)
-    i = category.options.index(target)
-    return float(np.mean(raw[:, i] / np.maximum(raw.sum(axis=1), 1e-30)))
+    return summarize(option_probs(model, category, questions, answer),
+                     category)["per_option"][target.name]
 
 
 def measure(model: Any, category: Category, targets: Sequence[Option],

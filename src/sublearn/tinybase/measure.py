@@ -63,6 +63,7 @@ def measure_base(model: ChatModel, n_questions: int = 8, n_numbers: int = 256,
     prompts = number_prompts(n_numbers, seed + 99)
     convs = [[{"role": "user", "content": p.text}] for p in prompts]
     seeds = [row_seed(seed, i) for i in range(n_numbers)]
+
     def sampled(sampling: SamplingConfig) -> dict[str, Any]:
         texts = model.generate(convs, sampling, seeds)
         _, report = apply_filter([{"completion": t} for t in texts], FilterConfig())
