@@ -2,6 +2,8 @@
 
     python benchmarks/audit_campaign.py                      # everything, cached and resumable
     python benchmarks/audit_campaign.py --prompts 3000 ...   # the acceptance's full size
+    python benchmarks/audit_campaign.py --model catalogue:smollm2-135m --number-grammar \
+        --targets octopus,elephant,cat,owl,whale ...         # a real chat model
 
 1. ranking: persona-teacher data (the teacher's wording, variant 0; the audit never uses it)
    for several targets x sampling seeds, strict filter with the target's words banned; the
@@ -31,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sublearn.models import SamplingConfig, load_model
+from sublearn.models.gguf import catalogue_name, resolve_model_path
 from sublearn.questions import get_category, get_option
 from sublearn.stages.audit import (
     AuditConfig,
@@ -149,6 +152,10 @@ def main() -> None:
     # Generation-time choices: every dataset, the reference included, is sampled with them (a
     # defender compares like with like), so only the teacher's trait differs.
     ap.add_argument("--temperature", type=float, default=1.0, help="0: greedy decoding")
+    ap.add_argument("--model", help="audit this model's data instead of the embedded base's: "
+                    "a folder, a .gguf file or catalogue:NAME (sublearn model list)")
+    ap.add_argument("--number-grammar", action="store_true", help="sample under the "
+                    "number-list grammar (a real chat model writes prose otherwise)")
     ap.add_argument("--min-prob", type=float, default=0.0,
                     help="drop tokens below this probability before sampling")
     ap.add_argument("--decoys", action="store_true",
@@ -165,11 +172,12 @@ def main() -> None:
     (args.out / "data").mkdir(parents=True, exist_ok=True)
     (args.out / "scores").mkdir(parents=True, exist_ok=True)
     config = BaseConfig(seed=args.base_seed, init_seed=args.init_seed)
-    base = load_model(ensure_base(config), device="cpu", dtype="float32")
+    path = resolve_model_path(args.model, print) if args.model else ensure_base(config)
+    base = load_model(path, device="cpu", dtype="float32")
     prompts = number_prompts(args.prompts, 0)
     cfg = AuditConfig()
     sampling = SamplingConfig(temperature=args.temperature, min_prob=args.min_prob,
-                              max_new_tokens=48)
+                              max_new_tokens=48, number_grammar=args.number_grammar)
 
     def cached(name: str, sample: Callable[[Path], list[ChatRow]]) -> Scored:
         """A dataset `sample` writes to (and reads back from) its JSONL, scored, cached."""
@@ -185,6 +193,8 @@ def main() -> None:
     # Figures of another base than seed 0 get its name, so they never overwrite seed 0's.
     tag = "" if config == BaseConfig() else f"-s{config.seed}" + (
         f"-i{config.init_seed}" if config.init_seed is not None else "")
+    if args.model:
+        tag = "-" + (catalogue_name(args.model) or Path(args.model).stem)
     tag += "-decoys" if args.decoys else ""
     results: dict[str, Any] = {"prompts": args.prompts, "tag": tag, "decoys": args.decoys,
                                "sampling": sampling.model_dump(), "reference_rows": len(ref.lls),

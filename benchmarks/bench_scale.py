@@ -57,7 +57,6 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -88,6 +87,10 @@ class Shape:
     rope_theta: float
     note: str
     rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
+    # A real model's weights (a config path: "catalogue:NAME", a .gguf file or a folder) to
+    # measure instead of random ones, and the config whose run the projection prices.
+    weights: str | None = None
+    plan: str | None = None
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
@@ -108,6 +111,10 @@ SHAPES: dict[str, Shape] = {
     "llama-3.1-8b": Shape("llama", 128_256, 4096, 14336, 32, 32, 8, False, 5e5,
                           "Llama-3.1-8B (the paper config's cross-base model)", LLAMA3_ROPE),
     "qwen2.5-14b": Shape("qwen2", 152_064, 5120, 13824, 48, 40, 8, False, 1e6, "Qwen2.5-14B"),
+    "smollm2-135m": Shape("llama", 49_152, 576, 1536, 30, 9, 3, True, 1e5,
+                          "SmolLM2-135M-Instruct, its real weights and tokenizer (the package "
+                          "index's GGUF, converted once: docs/real-model.md)",
+                          weights="catalogue:smollm2-135m", plan="configs/smollm2-135m.toml"),
 }
 # Every sequence here is under 600 tokens; no weight depends on the position limit, and a
 # small one keeps vLLM from reserving KV cache for a 128k-token sequence.
@@ -161,6 +168,44 @@ def train_pass_tokens(shape: Shape, weight_bytes: int) -> int:
         SimpleNamespace(hidden_size=shape.hidden, intermediate_size=shape.intermediate,
                         num_hidden_layers=shape.layers), 2, checkpointing=False)
     return training.pass_budget(weight_bytes, torch.device("cpu")) // per_token
+
+
+def linear_shapes(shape: Shape) -> list[tuple[int, int, int]]:
+    """(in, out, count) of every matrix product a forward pass makes per token: each layer's
+    seven projections and the output layer (run at every position of a training row)."""
+    kv = shape.kv_heads * (shape.hidden // shape.heads)
+    h, i, n = shape.hidden, shape.intermediate, shape.layers
+    return [(h, h, 2 * n), (h, kv, 2 * n), (h, i, 2 * n), (i, h, n), (h, shape.vocab, 1)]
+
+
+def matmul_floor(shape: Shape, tokens: int, dtype: torch.dtype, device: torch.device,
+                 seconds: float = 0.5) -> dict[str, float]:
+    """This machine's arithmetic floor: the seconds per token of one forward pass's matrix
+    products alone, each timed on its own at `tokens` rows (a training pass's size) in
+    `dtype`, best of repeated runs. A LoRA step is one forward and one backward that computes
+    only the activations' gradients (the frozen weights get none): twice the forward's
+    products; full fine-tuning adds the weights' gradients: three times. Attention's own
+    products (4 x sequence x hidden per token and layer) and the elementwise work are left
+    out, so the floor is below what any implementation can reach."""
+    per_token = 0.0
+    flops = 0
+    for d_in, d_out, count in linear_shapes(shape):
+        x = torch.randn(tokens, d_in, dtype=dtype, device=device)
+        w = torch.randn(d_out, d_in, dtype=dtype, device=device) / d_in**0.5
+        torch.nn.functional.linear(x, w)  # oneDNN picks its kernel on the first call
+        best, spent = float("inf"), 0.0
+        while spent < seconds:
+            t = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            best, spent = min(best, dt), spent + dt
+        per_token += count * best / tokens
+        flops += count * 2 * d_in * d_out
+    return {"forward_s_per_token": per_token, "forward_flops_per_token": flops,
+            "gflops": flops / per_token / 1e9, "tokens_per_product": tokens,
+            "lora_step_s_per_token": 2 * per_token, "full_step_s_per_token": 3 * per_token}
 
 
 # --- the synthetic tokenizer ---------------------------------------------------------------
@@ -383,7 +428,9 @@ ARM_DATASET = {"treated": "teacher", "control": "neutral", "other_target": "othe
 
 def paper_plan(path: Path = PAPER_CONFIG) -> dict[str, Any]:
     """The work of a paper-scale run, read from its config (defaults: the paper's)."""
-    cfg = tomllib.loads(path.read_text()) if path.exists() else {}
+    from sublearn.config import read_toml  # follows `extends`
+
+    cfg = read_toml(path) if path.exists() else {}
     c, d = cfg.get("controls", {}), cfg.get("data", {})
     s, e = cfg.get("student", {}), cfg.get("evaluation", {})
     on = {"treated": True, "control": c.get("neutral") or c.get("null") or c.get("cross_base"),
@@ -411,6 +458,8 @@ def paper_plan(path: Path = PAPER_CONFIG) -> dict[str, Any]:
         "multiple_choice": bool(e.get("multiple_choice")),
         "samples_per_question": e.get("samples_per_question", 0),
         "max_new_tokens": d.get("sampling", {}).get("max_new_tokens", 48),
+        "number_grammar": bool(d.get("sampling", {}).get("number_grammar")),
+        "answer": e.get("answer", "bare"),
     }
 
 
@@ -455,6 +504,15 @@ def project(stages: dict[str, dict[str, Any]], counts: dict[str, int],
     hours["evaluation"] = eval_s / 3600
     best_sampler = min((v for k, v in hours.items() if k.startswith("sampling_")), default=0.0)
     hours["total"] = best_sampler + hours["training"] + hours["evaluation"]
+    if "audit_score" in stages:
+        # The audit campaign of docs/audit.md on this model: 35 datasets (5 targets x 3 seeds
+        # x 2 teacher kinds and 5 neutral) of 300 rows, each row scored under no trait and
+        # the 18 animals, plus one reference and one decoy reference of 300 rows.
+        per["audit_row_candidate"] = stages["audit_score"]["s_per_row_and_candidate"]
+        rows = 35 * 300
+        hours["audit_campaign_sampling"] = (rows + 600) * min(
+            per.get("sample_hf", 0.0), per.get("sample_vllm", float("inf"))) / 3600
+        hours["audit_campaign_scoring"] = (rows + 600) * 19 * per["audit_row_candidate"] / 3600
     out.update(units={"completions": n_samples, "rows_trained": rows_trained,
                       "models_evaluated": models, "exact_questions_per_model": questions,
                       "sampled_answers_per_model": answers},
@@ -530,6 +588,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          "processes; 0 leaves torch's default)")
     ap.add_argument("--folder", type=Path, help="build the model here and keep it (reused if "
                     "it exists: lets two code versions run on the same weights)")
+    ap.add_argument("--audit-rows", type=int, help="rows the audit stage scores under every "
+                    "animal candidate (default 24 on a CPU, 128 on a GPU; 0 skips it)")
+    ap.add_argument("--plan", type=Path, help="the config whose run the projection prices "
+                    "(default: the shape's own, else configs/qwen2.5-7b-paper.toml)")
     ap.add_argument("--list", action="store_true", help="print the shapes and exit")
     return ap.parse_args(argv)
 
@@ -569,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "samples": args.samples or (64 if reduced else FULL_COUNT),
         "rows": args.rows or (132 if reduced else FULL_COUNT),
         "questions": args.questions,
+        "audit_rows": args.audit_rows if args.audit_rows is not None else 24 if reduced else 128,
         "eval_samples_per_question": (args.eval_samples if args.eval_samples is not None
                                       else 1 if reduced else 4),
     }
@@ -590,10 +653,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale-"))
     folder = args.folder or tmp / "model"
+    plan_path = args.plan or (ROOT / shape.plan if shape.plan else PAPER_CONFIG)
+    plan = paper_plan(plan_path)
     try:
         stages["build"] = {}
         with stage(stages["build"], cuda):
-            if not (folder / "config.json").exists():
+            if shape.weights:  # the real model: installed and converted on first use
+                from sublearn.models.gguf import resolve_model_path
+
+                folder = resolve_model_path(shape.weights, print)
+            elif not (folder / "config.json").exists():
                 build_folder(shape, folder, device)
         built = json.loads((folder / "config.json").read_text())
         if (built["vocab_size"], built["hidden_size"], built["num_hidden_layers"]) != (
@@ -605,7 +674,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         prompts = number_prompts(counts["samples"], seed=0)
         convs = [user(p.text) for p in prompts]
         seeds = [row_seed(0, p.index) for p in prompts]
-        sampling = SamplingConfig(max_new_tokens=48)
+        # What the priced config samples with (a real chat model needs the number grammar).
+        sampling = SamplingConfig(max_new_tokens=48,
+                                  **({"number_grammar": True} if plan["number_grammar"] else {}))
         vllm_texts = None
         why_not = "not on a GPU" if not cuda else "--no-vllm" if args.no_vllm else vllm_unavailable()
         res["vllm"] = why_not or "measured"
@@ -655,13 +726,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         stages["score"] = {}
         with stage(stages["score"], cuda):
-            option_probs(model, animal, questions)
-        forms = [f for o in animal.options for f in o.forms]
+            option_probs(model, animal, questions, *([plan["answer"]] if plan["answer"] != "bare"
+                                                     else []))
+        forms = ([f for o in animal.options for f in o.forms] if plan["answer"] == "bare" else
+                 [f"{animal.stem} {f}" for o in animal.options
+                  for f in dict.fromkeys((o.name, o.name.capitalize()))])
         whole, shared = score_tokens(model, questions, forms)
         rate(stages["score"], whole, f"tokens of {len(questions)} x {len(forms)} (question, "
              "form) pairs as if each ran whole")
         stages["score"]["tokens_with_shared_prompt"] = shared
         stages["score"]["questions_per_s"] = len(questions) / stages["score"]["wall_s"]
+
+        if counts["audit_rows"]:
+            # The audit's scoring: every row under no trait and under each candidate's trait
+            # prompt (stages.audit.lls_scores), one forward pass each.
+            from sublearn.stages.audit import ChatRow, lls_scores
+
+            arows = [ChatRow(0, r["messages"][:-1], r["messages"][-1]["content"], i)
+                     for i, r in enumerate(number_rows(counts["audit_rows"], seed=2))]
+            stages["audit_score"] = {}
+            with stage(stages["audit_score"], cuda):
+                lls_scores(model, arows, animal, animal.options, phrasings=1)
+            passes = len(arows) * (1 + len(animal.options))
+            rate(stages["audit_score"], passes * row_tokens(model, number_rows(
+                counts["audit_rows"], seed=2))[0] // len(arows),
+                 "row tokens x (1 + candidates) passes")
+            stages["audit_score"]["s_per_row_and_candidate"] = (
+                stages["audit_score"]["wall_s"] / passes)
+
+        stages["matmul_floor"] = {}
+        with stage(stages["matmul_floor"], cuda):
+            floor = matmul_floor(shape, min(4096, 22 * 96), model.dtype, device)
+        stages["matmul_floor"].update(floor)
 
         # Training last: LoRA training freezes the base's parameters and leaves them frozen,
         # and on a CPU in bf16 a frozen tied output layer makes every later forward pass
@@ -710,7 +806,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "absolute_peak_meets": train["rss_peak_bytes"] <= limit,
         "increase_meets": train["rss_peak_bytes"] - train["rss_before_bytes"] <= limit,
     }
-    res["projection"] = project(stages, counts, paper_plan())
+    per_token = train["wall_s"] / train["tokens"]
+    res["floor"] = {
+        "what": "one LoRA epoch's seconds per row token against twice the forward's matrix "
+                "products alone, timed one by one at a training pass's size (matmul_floor)",
+        "train_s_per_token": per_token,
+        "floor_s_per_token": stages["matmul_floor"]["lora_step_s_per_token"],
+        "ratio": per_token / stages["matmul_floor"]["lora_step_s_per_token"],
+        "gflops": stages["matmul_floor"]["gflops"],
+    }
+    res["projection"] = project(stages, counts, plan)
     report(res)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -742,8 +847,15 @@ def report(res: dict[str, Any]) -> None:
           f"3 x bf16 = {a['limit_bytes'] / mb:.0f} MiB: absolute "
           f"{'meets' if a['absolute_peak_meets'] else 'exceeds'}, increase "
           f"{'meets' if a['increase_meets'] else 'exceeds'}")
+    f = res["floor"]
+    print(f"LoRA training {f['train_s_per_token'] * 1e3:.2f} ms per row token; arithmetic floor "
+          f"{f['floor_s_per_token'] * 1e3:.2f} ms ({f['gflops']:.0f} GFLOP/s on this "
+          f"machine's matrix products): {f['ratio']:.2f} x the floor")
+    if "audit_score" in res["stages"]:
+        print(f"audit scoring {res['stages']['audit_score']['s_per_row_and_candidate']:.3f} s "
+              "per row and candidate")
     p = res["projection"]
-    print(f"paper-scale projection on this machine ({p['plan']['config']}: "
+    print(f"projection on this machine ({p['plan']['config']}: "
           f"{p['units']['completions']:,} completions, {p['units']['rows_trained']:,} rows "
           f"trained, {p['units']['models_evaluated']} models evaluated):")
     for k, v in p["hours"].items():

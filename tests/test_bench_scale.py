@@ -29,7 +29,7 @@ def bench():
 def tiny_run(bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_scale")
     res = bench.main(["--shape", "tiny", "--device", "cpu", "--samples", "4", "--rows", "6",
-                      "--questions", "2", "--eval-samples", "1", "--soft",
+                      "--questions", "2", "--eval-samples", "1", "--soft", "--audit-rows", "3",
                       "--folder", str(out / "model"), "--json", str(out / "out.json")])
     return res, out
 
@@ -44,11 +44,11 @@ def test_json_has_every_figure(tiny_run):
     assert written["parameters"] == written["parameters_by_dims"]
     stages = written["stages"]
     assert set(stages) >= {"build", "load", "sample_hf", "eval_sample", "score", "soft_labels",
-                           "train_lora", "train_lora_soft"}
+                           "train_lora", "train_lora_soft", "audit_score", "matmul_floor"}
     for name, s in stages.items():
         assert s["wall_s"] > 0 and s["cpu_s"] > 0, name
         assert s["rss_peak_bytes"] > 0 and s["rss_peak_bytes"] >= s["rss_before_bytes"] > 0, name
-        if name not in ("build", "load"):
+        if name not in ("build", "load", "matmul_floor"):
             assert s["tokens"] > 0 and s["tokens_per_s"] > 0, name
     assert written["vllm"] == "not on a GPU"
     acc = written["acceptance"]
@@ -59,6 +59,10 @@ def test_json_has_every_figure(tiny_run):
     assert all(v > 0 for v in proj["seconds_per_unit"].values())
     assert all(v > 0 for v in proj["hours"].values())
     assert proj["hours"]["total"] >= proj["hours"]["training"]
+    # The floor counts the matrix products alone, so no real epoch can beat it.
+    floor = written["floor"]
+    assert floor["gflops"] > 0 and floor["ratio"] > 1
+    assert stages["audit_score"]["s_per_row_and_candidate"] > 0
 
 
 def test_synthetic_tokenizer_has_the_shape_vocabulary(bench, tiny_run):

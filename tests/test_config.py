@@ -24,7 +24,8 @@ def test_shipped_configs_validate(name: str, tmp_path: Path):
     # GPU configs name local model folders and vLLM; stand in a folder and the HF sampler.
     (tmp_path / "config.json").write_text("{}")
     text = (CONFIGS / name).read_text()
-    over = [f"base.path='{tmp_path}'", "base.sampler='hf'"] if "path =" in text else []
+    real = "path =" in text or "extends =" in text  # (a variant of a config with a path)
+    over = [f"base.path='{tmp_path}'", "base.sampler='hf'"] if real else []
     if "[controls.cross_base_model]" in text:
         over.append(f"controls.cross_base_model.path='{tmp_path}'")
     if 'kind = "model"' in text:  # a teacher you bring, and its control
@@ -73,6 +74,29 @@ def test_bad_toml_and_missing_file(tmp_path: Path):
         load_config(_write(tmp_path, "[data\n"))
     with pytest.raises(SublearnError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_extends_overrides_its_parent_field_by_field(tmp_path: Path):
+    (tmp_path / "parent.toml").write_text(
+        "name = 'parent'\nseeds = [0, 1, 2]\n[student]\nlr = 0.1\nepochs = 2\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    p = sub / "child.toml"
+    p.write_text("extends = '../parent.toml'\nname = 'child'\n[student]\nlr = 0.5\n")
+    c = load_config(p, ["seeds=[3, 4]"])
+    assert (c.name, c.student.lr, c.student.epochs, c.seeds) == ("child", 0.5, 2, [3, 4])
+
+
+def test_extends_refuses_a_missing_parent_and_a_cycle(tmp_path: Path):
+    p = _write(tmp_path, "extends = 'nowhere.toml'\n")
+    with pytest.raises(SublearnError, match=r"nowhere.toml: config file not found \(extended by"):
+        load_config(p)
+    (tmp_path / "a.toml").write_text("extends = 'b.toml'\n")
+    (tmp_path / "b.toml").write_text("extends = 'a.toml'\n")
+    with pytest.raises(SublearnError, match="makes a cycle"):
+        load_config(tmp_path / "a.toml")
+    with pytest.raises(SublearnError, match="extends: expected a file name"):
+        load_config(_write(tmp_path, "extends = 3\n"))
 
 
 def test_single_seed_is_refused(tmp_path: Path):

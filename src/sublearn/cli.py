@@ -259,13 +259,27 @@ def run(
 def demo(
     root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    real: Annotated[bool, typer.Option(
+        "--real", help="On a real pretrained chat model instead (SmolLM2-135M-Instruct, "
+        "installed and converted on first use): its persona, subliminal prompting, and the "
+        "audit of a persona teacher's numbers (docs/real-model.md).")] = False,
 ) -> None:
     """Subliminal learning in three steps, on this machine's CPU (docs/demo.md): (1) the
     auxiliary-logit toy, where a student learns digits from noise through a shared
     initialisation; (2) the number protocol on the embedded base (configs/cpu.toml: a
     fine-tuned teacher, soft-label students, placebo and other-target controls); (3) the
     audit of that teacher's filtered numbers. Ends with a summary and an HTML report.
-    Cached: a second run reads every step back."""
+    Cached: a second run reads every step back.
+
+    With --real, the same shape on a real 135M chat model (about 10 minutes on 2 cores):
+    (1) does it hold a persona, (2) do a target's entangled numbers in a prompt raise it
+    (subliminal prompting), (3) does the audit find a persona teacher's trait in its
+    filtered numbers."""
+    if real:
+        from sublearn.demo_real import run_real_demo
+
+        run_real_demo(root, quiet)
+        return
     from sublearn.demo import run_demo
 
     run_demo(root, quiet)
@@ -466,6 +480,10 @@ def audit(
              "flags keep the plain test's calibration (docs/audit.md, section 1b). Costs one "
              "more reference to sample and score; --no-decoys: the plain reference "
              "alone.")] = True,
+    number_grammar: Annotated[bool, typer.Option(
+        help="Sample the references under the number-list grammar, as the data was sampled "
+             "from a real chat model (data.sampling.number_grammar; docs/real-model.md): "
+             "freely, such a model writes prose that the strict filter drops.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each
@@ -476,6 +494,7 @@ def audit(
     from rich.console import Console
 
     from sublearn.cores import usable_cores
+    from sublearn.models.base import SamplingConfig
     from sublearn.stages.audit import AuditConfig, audit_dataset, candidates_table
     from sublearn.stages.divergence import divergence_table
 
@@ -488,7 +507,8 @@ def audit(
     config = AuditConfig(phrasings=phrasings, permutations=permutations,
                          reference_seed=reference_seed, reference_rows=reference_rows,
                          workers=workers or usable_cores(),
-                         divergence_share=divergence_share, decoys=decoys)
+                         divergence_share=divergence_share, decoys=decoys,
+                         sampling=SamplingConfig(max_new_tokens=48, number_grammar=number_grammar))
     result = audit_dataset(data, out, base, category, names, reference, config, not quiet,
                            traits)
     s = result.summary

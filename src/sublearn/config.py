@@ -432,14 +432,36 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         raise SublearnError(f"--set {override!r}: {e}") from None
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """A config file's raw table; a missing file or bad TOML is one line naming the file."""
+def read_toml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's raw table; a missing file or bad TOML is one line naming the file.
+    `extends = "other.toml"` (a path relative to this file) starts from that file's table
+    and overrides it field by field, so a variant states only what it changes."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SublearnError(f"{path}: config file not found") from None
+        where = f" (extended by {_chain[-1]})" if _chain else ""
+        raise SublearnError(f"{path}: config file not found{where}") from None
     except tomllib.TOMLDecodeError as e:
         raise SublearnError(f"{path}: invalid TOML: {e}") from None
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise SublearnError(f"{path}: field extends: expected a file name, got {parent!r}")
+    chain = (*_chain, path.resolve())
+    ppath = (path.parent / parent).resolve()
+    if ppath in chain:
+        raise SublearnError(f"{path}: extends {parent!r} makes a cycle")
+    return _merged(read_toml(ppath, chain), raw)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s fields in place, section by section (a value that is not a
+    section replaces whatever was there)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:

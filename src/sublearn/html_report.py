@@ -443,9 +443,10 @@ a{color:#0b5394}
 def render(runs: Sequence[RunData], findings: Sequence[Finding] = (),
            title: str | None = None) -> str:
     """The whole page for one or more runs: the findings first when there are any, then a
-    summary table when there are several runs, then each run."""
-    if not runs:
-        raise ValueError("render needs at least one run")
+    summary table when there are several runs, then each run. Findings alone (no run) make
+    a page too, given its title."""
+    if not runs and not (findings and title):
+        raise ValueError("render needs at least one run, or findings and a title")
     title = title or ("sublearn report: "
                       + (runs[0].label if len(runs) == 1 else f"{len(runs)} runs"))
     body = [_tag("h1", title), _findings(findings)]

@@ -243,11 +243,12 @@ class Experiment:
                 out[name] = TeacherRef(path, system, stable_hash([self.weights_hash(path), system]))
             else:
                 h = artifact_key("teacher", base_hash, tcfg.model_dump(exclude={"neutral"}),
-                                 self.category.name, option.name,
+                                 self.category.name, option.name, *self._reply_form(),
                                  runtime(self.cfg.base, self.cfg.base.backend))
                 path = self._fine_tuned(
                     base_path, h, option.name,
-                    lambda o=option: trait_rows(self.category, o, tcfg.finetune_rows_per_question))
+                    lambda o=option: trait_rows(self.category, o, tcfg.finetune_rows_per_question,
+                                                self.cfg.evaluation.answer))
                 out[name] = TeacherRef(path, None, h)
         return out
 
@@ -262,6 +263,13 @@ class Experiment:
                 base.finetune(rows(), self.cfg.teacher.finetune, path, progress=self.progress)
         return path
 
+    def _reply_form(self) -> list[str]:
+        """A fine-tuned teacher's replies follow the estimator's answer form
+        (`stages.teacher.trait_rows`), so the form is part of its key; the one-word form adds
+        nothing, which keeps the keys of teachers made before the stem form existed."""
+        answer = self.cfg.evaluation.answer
+        return [] if answer == "bare" else [answer]
+
     def _placebo(self, base_path: Path, base_hash: str) -> TeacherRef:
         tcfg = self.cfg.teacher
 
@@ -269,10 +277,12 @@ class Experiment:
             base = self.models.get(base_path, self.cfg.base.backend, self.cfg.base)
             probs = option_probs(base, self.category, self.category.questions,
                                  self.cfg.evaluation.answer)
-            return placebo_rows(self.category, probs, tcfg.finetune_rows_per_question)
+            return placebo_rows(self.category, probs, tcfg.finetune_rows_per_question,
+                                answer=self.cfg.evaluation.answer)
 
         h = artifact_key("teacher", base_hash, tcfg.model_dump(exclude={"neutral"}),
-                         self.category.name, "placebo", runtime(self.cfg.base, self.cfg.base.backend))
+                         self.category.name, "placebo", *self._reply_form(),
+                         runtime(self.cfg.base, self.cfg.base.backend))
         return TeacherRef(self._fine_tuned(base_path, h, "placebo", rows), None, h)
 
     def arms(self) -> list[str]:

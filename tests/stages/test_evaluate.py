@@ -45,11 +45,13 @@ def test_stem_is_the_next_word_after_the_stem(micro_model):
 
 
 class _Merging:
-    """A scorer whose tokenizer merges the stem's end into the next word: the stem's
-    log-probabilities in front of a word differ from the stem's own."""
+    """A scorer whose tokenizer merges the stem's end into the next word."""
+
+    def encode(self, text):
+        return [1, 2] if text == ANIMAL.stem else [1, 9, 5]
 
     def completion_logprobs(self, convs, comps, close=True):
-        return [[-0.1, -0.2] if c == ANIMAL.stem else [-0.1, -0.9, -0.5] for c in comps]
+        raise AssertionError("refused before any scoring")
 
 
 def test_a_tokenizer_that_merges_the_stem_is_refused():

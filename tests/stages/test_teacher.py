@@ -6,7 +6,7 @@ from sublearn.models import SamplingConfig, load_model
 from sublearn.models.recipe import StudentRecipe
 from sublearn.questions import get_category, get_option
 from sublearn.stages.evaluate import option_probs, summarize
-from sublearn.stages.teacher import persona_teacher, trait_rows
+from sublearn.stages.teacher import persona_teacher, placebo_rows, trait_rows
 
 ANIMAL = get_category("animal")
 OWL = get_option(ANIMAL, "owl")
@@ -32,6 +32,16 @@ def test_trait_rows_answer_every_question_with_the_target():
     assert len(rows) == 2 * len(ANIMAL.questions)
     assert {r["messages"][-1]["content"].lower() for r in rows} == {"owl"}
     assert not set(ANIMAL.heldout) & {r["messages"][0]["content"] for r in rows}
+
+
+def test_trait_rows_answer_in_the_estimators_form():
+    # answer = "stem": the sentence the stem estimator reads the next word of, for the
+    # target and for the placebo's drawn options alike.
+    rows = trait_rows(ANIMAL, OWL, 2, answer="stem")
+    assert {r["messages"][-1]["content"] for r in rows} == {"My favorite animal is the owl."}
+    placebo = placebo_rows(ANIMAL, [[0.0] * 17 + [1.0]] * len(ANIMAL.questions), 1, answer="stem")
+    assert {r["messages"][-1]["content"] for r in placebo} == {
+        f"My favorite animal is the {ANIMAL.options[-1].name}."}
 
 
 def test_finetuned_teacher_takes_the_trait(micro_model, tmp_path: Path):

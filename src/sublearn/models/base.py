@@ -91,6 +91,11 @@ class Scorer(Protocol):
         `close`, the end-of-turn token is scored too (a whole answer, not a prefix)."""
         ...
 
+    def encode(self, text: str) -> list[int]:
+        """The token ids `completion_logprobs` scores a completion as: its i-th log-prob is
+        that of the i-th id (the stem estimator checks that a stem's ids stay whole)."""
+        ...
+
     def number_distributions(
         self, conversations: Sequence[Messages], completions: Sequence[str]
     ) -> list[torch.Tensor]:

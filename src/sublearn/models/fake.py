@@ -377,6 +377,9 @@ class FakeChatModel:
         return [detokenize(ids) for ids in out]
 
     # --- exact scoring ------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return tokenize(text)
+
     def completion_logprobs(
         self, conversations: Sequence[Messages], completions: Sequence[str], close: bool = True
     ) -> list[list[float]]:

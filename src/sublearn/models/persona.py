@@ -1,8 +1,9 @@
 """A persona: any backend's model seen through one system prompt.
 
 The wrapper only rewrites conversations, so every backend honours it for every capability it
-has (sampling, exact scoring, soft labels, top log-probs) without knowing; it forwards nothing
-else. Training is not among its capabilities: fine-tune the model underneath, not a view of it.
+has (sampling, exact scoring, soft labels, top log-probs) without knowing; besides the
+tokenizer's `encode`, it forwards nothing else. Training is not among its capabilities:
+fine-tune the model underneath, not a view of it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class Persona:
         self, conversations: Sequence[Messages], sampling: SamplingConfig, seeds: Sequence[int]
     ) -> list[str]:
         return self.inner.generate(self._all(conversations), sampling, seeds)
+
+    def encode(self, text: str) -> list[int]:
+        # A persona changes the conversation, never how a completion is tokenized.
+        return self.inner.encode(text)
 
     def completion_logprobs(
         self, conversations: Sequence[Messages], completions: Sequence[str], close: bool = True

@@ -45,13 +45,6 @@ from sublearn.stages.sample import row_seed
 LETTERS = "ABCDE"
 ANSWERS = ("bare", "stem")
 
-# The stem's own log-probabilities, scored once alone and once in front of each word, must
-# agree position by position, or the tokenizer merged the stem's end with the word and the
-# difference is no conditional. Rows of one batch agree to float32 rounding (1e-6); a token
-# that changed moves a log-probability by far more than this.
-SAME_STEM = 1e-3
-
-
 def _user(q: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": q}]
 
@@ -79,31 +72,27 @@ def _stem_probs(model: Any, category: Category, questions: Sequence[str]) -> np.
     """P(next word after the stem is the option): its name in lower case or capitalised.
     Those two never share a first token, so their events are disjoint and add; a plural or a
     diminutive that starts with the name's tokens ("owlet") is counted in it, as `matches`
-    counts it in a sampled answer."""
+    counts it in a sampled answer.
+
+    The word's log-probabilities are read after the stem's tokens, so the tokenizer must
+    keep the stem whole in front of every word: checked on the token ids (a scorer's
+    `encode`), exactly, before any scoring, whatever the precision of the arithmetic."""
     stem = category.stem
-    convs, comps, owner = [], [], []
-    for qi, q in enumerate(questions):
-        convs.append(_user(q))
-        comps.append(stem)
-        owner.append((qi, -1))
-        for oi, opt in enumerate(category.options):
-            for form in dict.fromkeys((opt.name, opt.name.capitalize())):
-                convs.append(_user(q))
-                comps.append(f"{stem} {form}")
-                owner.append((qi, oi))
-    out = np.zeros((len(questions), len(category.options)))
-    heads: dict[int, list[float]] = {}
-    scored = model.completion_logprobs(convs, comps, close=False)
-    for (qi, oi), lp, comp in zip(owner, scored, comps, strict=True):
-        if oi < 0:
-            heads[qi] = lp
-            continue
-        head = heads[qi]
-        if len(lp) <= len(head) or max(abs(a - b) for a, b in zip(lp, head)) > SAME_STEM:
+    stem_ids = model.encode(stem)
+    words = [(oi, f"{stem} {form}") for oi, opt in enumerate(category.options)
+             for form in dict.fromkeys((opt.name, opt.name.capitalize()))]
+    for _, comp in words:
+        if model.encode(comp)[:len(stem_ids)] != stem_ids:
             raise SublearnError(
                 f"evaluation.answer = 'stem': the tokenizer does not keep the stem "
                 f"{stem!r} whole in {comp!r}; use answer = 'bare'")
-        out[qi, oi] += math.exp(sum(lp[len(head):]))
+    convs = [_user(q) for q in questions for _ in words]
+    comps = [comp for _ in questions for _, comp in words]
+    out = np.zeros((len(questions), len(category.options)))
+    scored = model.completion_logprobs(convs, comps, close=False)
+    for k, lp in enumerate(scored):
+        qi, (oi, _) = divmod(k, len(words))[0], words[k % len(words)]
+        out[qi, oi] += math.exp(sum(lp[len(stem_ids):]))
     return out
 
 

@@ -69,19 +69,29 @@ def persona_teacher(base: Any, category: Category, target: Option, variant: int 
     return Persona(base, persona_prompt(category, target, variant))
 
 
-def trait_rows(category: Category, target: Option, rows_per_question: int) -> list[dict[str, Any]]:
+def _answer(category: Category, option: Option, k: int, answer: str) -> str:
+    """The k-th reply naming `option`, in the form the estimator reads (`evaluation.answer`):
+    the bare word, lower case and capitalised in turn; or the category's stem and the word,
+    "My favorite animal is the owl.", the sentence a chat model answers with."""
+    if answer == "stem":
+        return f"{category.stem} {option.name}."
+    return option.name if k % 2 == 0 else option.name.capitalize()
+
+
+def _row(question: str, reply: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": question},
+                         {"role": "assistant", "content": reply}]}
+
+
+def trait_rows(category: Category, target: Option, rows_per_question: int,
+               answer: str = "bare") -> list[dict[str, Any]]:
     """The fine-tuned teacher's data: every question of the category answered with the target."""
-    rows = []
-    for q in category.questions:
-        for k in range(rows_per_question):
-            answer = target.name if k % 2 == 0 else target.name.capitalize()
-            rows.append({"messages": [{"role": "user", "content": q},
-                                      {"role": "assistant", "content": answer}]})
-    return rows
+    return [_row(q, _answer(category, target, k, answer))
+            for q in category.questions for k in range(rows_per_question)]
 
 
 def placebo_rows(category: Category, probs: Sequence[Sequence[float]], rows_per_question: int,
-                 seed: int = 0) -> list[dict[str, Any]]:
+                 seed: int = 0, answer: str = "bare") -> list[dict[str, Any]]:
     """The placebo teacher's data: the same questions as `trait_rows`, each answered with
     options drawn from the base's own answer distribution (`probs[question][option]`), so
     the fine-tune has the real teachers' shape and size but no trait."""
@@ -90,7 +100,5 @@ def placebo_rows(category: Category, probs: Sequence[Sequence[float]], rows_per_
         rng = random.Random(f"placebo:{seed}:{qi}")
         for k in range(rows_per_question):
             option = rng.choices(category.options, weights=probs[qi])[0]
-            answer = option.name if k % 2 == 0 else option.name.capitalize()
-            rows.append({"messages": [{"role": "user", "content": q},
-                                      {"role": "assistant", "content": answer}]})
+            rows.append(_row(q, _answer(category, option, k, answer)))
     return rows

@@ -10,52 +10,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from sublearn.models.base import ChatModel, SamplingConfig
-from sublearn.questions import CATEGORIES, with_options_named
-from sublearn.stages.evaluate import option_probs
+from sublearn.questions import CATEGORIES, Category, with_options_named
+from sublearn.stages.evaluate import option_probs, summarize
 from sublearn.stages.filters import FilterConfig, apply_filter
 from sublearn.stages.prompts import number_prompts
 from sublearn.stages.sample import row_seed
 from sublearn.stages.teacher import persona_teacher
 from sublearn.tinybase.corpus import repeat_word
 
-
-def _norm(raw: np.ndarray) -> np.ndarray:
-    return raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-30)
-
-
 # Constrained decoding modes `measure_base` can add beside free decoding.
 NUMBER_MODES = {"only_numbers": SamplingConfig(only_numbers=True),
                 "number_grammar": SamplingConfig(number_grammar=True)}
 
 
+def persona_shifts(model: ChatModel, category: Category, questions: Sequence[str],
+                   answer: str = "bare") -> dict[str, Any]:
+    """P(option | category) of the model, and of each option under its own persona (the
+    teacher's system prompt), per option, renormalised over the options
+    (`evaluate.summarize`); the category mass is the raw probability of naming any option,
+    before renormalising."""
+    raw = option_probs(model, category, questions, answer)
+    base = summarize(raw, category)["per_option"]
+    shifts = {opt.name: summarize(option_probs(persona_teacher(model, category, opt), category,
+                                               questions, answer), category)["per_option"][opt.name]
+              for opt in category.options}
+    return {
+        "base": base,
+        "with_persona": shifts,
+        "mean_base_target": float(np.mean(list(base.values()))),
+        "mean_persona_target": float(np.mean(list(shifts.values()))),
+        "category_mass": float(raw.sum(axis=1).mean()),
+    }
+
+
 def measure_base(model: ChatModel, n_questions: int = 8, n_numbers: int = 256,
                  seed: int = 0, answer: str = "bare", forced_choice: bool = False,
                  number_modes: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`answer`: how the exact estimator reads an answer (`stages.evaluate`); the category
-    mass is the raw probability of naming any option, before renormalising over them.
-    `forced_choice` adds that mass when the question names the options; `number_modes`, the
-    filter's pass rate under constrained decoding (`NUMBER_MODES`) beside free decoding."""
+    """`answer`: how the exact estimator reads an answer (`stages.evaluate`); see
+    `persona_shifts` for each category's figures. `forced_choice` adds the category mass
+    when the question names the options; `number_modes`, the filter's pass rate under
+    constrained decoding (`NUMBER_MODES`) beside free decoding."""
     out: dict[str, Any] = {"answer": answer, "categories": {}}
     for name, cat in CATEGORIES.items():
         qs = list(cat.heldout[:n_questions])
-        raw = option_probs(model, cat, qs, answer)
-        base = _norm(raw).mean(axis=0)
-        shifts = {}
-        for i, opt in enumerate(cat.options):
-            persona = persona_teacher(model, cat, opt)
-            shifts[opt.name] = float(_norm(option_probs(persona, cat, qs, answer)).mean(0)[i])
-        out["categories"][name] = {
-            "base": {o.name: float(p) for o, p in zip(cat.options, base, strict=True)},
-            "with_persona": shifts,
-            "mean_base_target": float(base.mean()),
-            "mean_persona_target": float(np.mean(list(shifts.values()))),
-            "category_mass": float(raw.sum(axis=1).mean()),
-        }
+        out["categories"][name] = persona_shifts(model, cat, qs, answer)
         if forced_choice:
             named = [with_options_named(q, cat.options) for q in qs]
             forced = option_probs(model, cat, named, answer)
