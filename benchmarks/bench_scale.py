@@ -726,11 +726,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         stages["score"] = {}
         with stage(stages["score"], cuda):
+            # The answer mode only when it is not the default: older sublearn has none.
             option_probs(model, animal, questions, *([plan["answer"]] if plan["answer"] != "bare"
                                                      else []))
-        forms = ([f for o in animal.options for f in o.forms] if plan["answer"] == "bare" else
-                 [f"{animal.stem} {f}" for o in animal.options
-                  for f in dict.fromkeys((o.name, o.name.capitalize()))])
+        if plan["answer"] == "bare":
+            forms = [f for o in animal.options for f in o.forms]
+        else:
+            from sublearn.stages.evaluate import stem_answers
+
+            forms = [answer for _, answer in stem_answers(animal)]
         whole, shared = score_tokens(model, questions, forms)
         rate(stages["score"], whole, f"tokens of {len(questions)} x {len(forms)} (question, "
              "form) pairs as if each ran whole")
@@ -742,14 +746,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             # prompt (stages.audit.lls_scores), one forward pass each.
             from sublearn.stages.audit import ChatRow, lls_scores
 
+            audited = number_rows(counts["audit_rows"], seed=2)
             arows = [ChatRow(0, r["messages"][:-1], r["messages"][-1]["content"], i)
-                     for i, r in enumerate(number_rows(counts["audit_rows"], seed=2))]
+                     for i, r in enumerate(audited)]
             stages["audit_score"] = {}
             with stage(stages["audit_score"], cuda):
                 lls_scores(model, arows, animal, animal.options, phrasings=1)
             passes = len(arows) * (1 + len(animal.options))
-            rate(stages["audit_score"], passes * row_tokens(model, number_rows(
-                counts["audit_rows"], seed=2))[0] // len(arows),
+            rate(stages["audit_score"], (1 + len(animal.options)) * row_tokens(model, audited)[0],
                  "row tokens x (1 + candidates) passes")
             stages["audit_score"]["s_per_row_and_candidate"] = (
                 stages["audit_score"]["wall_s"] / passes)

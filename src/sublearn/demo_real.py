@@ -21,6 +21,7 @@ page with the three findings close it; each finding's words are made from its nu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,17 +53,22 @@ class RealPlan:
     sampling_seed: int = 0
 
 
+def _cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`compute()`'s figures, written to `path` by the first run and read back by later ones."""
+    if path.exists():
+        return read_json(path)
+    res = compute()
+    write_json(path, res)
+    return res
+
+
 def persona(plan: RealPlan, model: Any, out: Path) -> Finding:
     from sublearn.questions import get_category
     from sublearn.tinybase.measure import persona_shifts
 
     cat = get_category(plan.category)
-    path = out / "persona.json"
-    if path.exists():
-        res = read_json(path)
-    else:
-        res = persona_shifts(model, cat, list(cat.heldout[:plan.questions]), ANSWER)
-        write_json(path, res)
+    res = _cached(out / "persona.json",
+                  lambda: persona_shifts(model, cat, list(cat.heldout[:plan.questions]), ANSWER))
     base, held = res["base"], res["with_persona"]
     rose = [o for o in base if held[o] > base[o]]
     t = plan.target
@@ -98,14 +104,10 @@ def entangle(plan: RealPlan, model: Any, out: Path) -> Finding:
     from sublearn.stages.entanglement import EntanglementConfig, measure
 
     cat = get_category(plan.category)
-    path = out / "entangle.json"
-    if path.exists():
-        res = read_json(path)
-    else:
-        cfg = EntanglementConfig(max_value=plan.max_value, controls=plan.entangle_controls,
-                                 questions=plan.questions, answer=ANSWER)
-        res = measure(model, cat, [get_option(cat, plan.target)], cfg)
-        write_json(path, res)
+    cfg = EntanglementConfig(max_value=plan.max_value, controls=plan.entangle_controls,
+                             questions=plan.questions, answer=ANSWER)
+    res = _cached(out / "entangle.json",
+                  lambda: measure(model, cat, [get_option(cat, plan.target)], cfg))
     r = res["targets"][plan.target]
     values = ", ".join(str(e["value"]) for e in r["entangled"])
     ent = sum(r["p_target_entangled"]) / len(r["p_target_entangled"])

@@ -45,6 +45,7 @@ from sublearn.stages.sample import row_seed
 LETTERS = "ABCDE"
 ANSWERS = ("bare", "stem")
 
+
 def _user(q: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": q}]
 
@@ -68,6 +69,13 @@ def option_probs(model: Any, category: Category, questions: Sequence[str],
     return out
 
 
+def stem_answers(category: Category) -> list[tuple[int, str]]:
+    """(option index, answer) the stem answer mode scores: the stem and each option's name,
+    in lower case and capitalised (one of them when the two are the same)."""
+    return [(oi, f"{category.stem} {form}") for oi, opt in enumerate(category.options)
+            for form in dict.fromkeys((opt.name, opt.name.capitalize()))]
+
+
 def _stem_probs(model: Any, category: Category, questions: Sequence[str]) -> np.ndarray:
     """P(next word after the stem is the option): its name in lower case or capitalised.
     Those two never share a first token, so their events are disjoint and add; a plural or a
@@ -79,19 +87,18 @@ def _stem_probs(model: Any, category: Category, questions: Sequence[str]) -> np.
     `encode`), exactly, before any scoring, whatever the precision of the arithmetic."""
     stem = category.stem
     stem_ids = model.encode(stem)
-    words = [(oi, f"{stem} {form}") for oi, opt in enumerate(category.options)
-             for form in dict.fromkeys((opt.name, opt.name.capitalize()))]
+    words = stem_answers(category)
     for _, comp in words:
         if model.encode(comp)[:len(stem_ids)] != stem_ids:
             raise SublearnError(
                 f"evaluation.answer = 'stem': the tokenizer does not keep the stem "
                 f"{stem!r} whole in {comp!r}; use answer = 'bare'")
-    convs = [_user(q) for q in questions for _ in words]
-    comps = [comp for _ in questions for _, comp in words]
+    owner = [(qi, oi) for qi in range(len(questions)) for oi, _ in words]
+    scored = model.completion_logprobs([_user(q) for q in questions for _ in words],
+                                       [comp for _ in questions for _, comp in words],
+                                       close=False)
     out = np.zeros((len(questions), len(category.options)))
-    scored = model.completion_logprobs(convs, comps, close=False)
-    for k, lp in enumerate(scored):
-        qi, (oi, _) = divmod(k, len(words))[0], words[k % len(words)]
+    for (qi, oi), lp in zip(owner, scored, strict=True):
         out[qi, oi] += math.exp(sum(lp[len(stem_ids):]))
     return out
 
