@@ -32,10 +32,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from sublearn.analysis.stats import mean_ci
+from sublearn.domains.filters import FilterConfig, apply_filter
+from sublearn.domains.prompts import number_prompts
 from sublearn.models import SamplingConfig, load_model
 from sublearn.models.gguf import catalogue_name, resolve_model_path
-from sublearn.questions import get_category, get_option
-from sublearn.stages.audit import (
+from sublearn.questions.categories import get_category, get_option
+from sublearn.safety.audit import (
     AuditConfig,
     ChatRow,
     contrast,
@@ -46,11 +49,8 @@ from sublearn.stages.audit import (
     rank_candidates,
     sample_reference,
 )
-from sublearn.stages.filters import FilterConfig, apply_filter
-from sublearn.stages.prompts import number_prompts
 from sublearn.stages.sample import sample_dataset
 from sublearn.stages.teacher import persona_teacher
-from sublearn.stats import mean_ci
 from sublearn.store import read_jsonl, write_json, write_jsonl
 from sublearn.tinybase import BaseConfig, ensure_base
 
@@ -279,7 +279,7 @@ def power(teachers: dict[str, Scored], ref: Scored, decoys: Scored | None, sizes
 
 
 def plots(results: dict[str, Any], img: Path) -> None:
-    from sublearn.report import _pyplot, _save
+    from sublearn.analysis.report import _pyplot, _save
 
     plt = _pyplot()
     p = results["power"]

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.domains.filters import FilterConfig, apply_filter
 from sublearn.models import load_model
-from sublearn.questions import get_category, get_option
-from sublearn.stages.audit import AuditConfig, ChatRow, parse_chat_row, token_logprobs
-from sublearn.stages.divergence import divergence_summary, row_divergence
-from sublearn.stages.filters import FilterConfig, apply_filter
+from sublearn.questions.categories import get_category, get_option
+from sublearn.safety.audit import AuditConfig, ChatRow, parse_chat_row, token_logprobs
+from sublearn.safety.divergence import divergence_summary, row_divergence
 from sublearn.store import read_jsonl, write_jsonl
 from sublearn.tinybase import BaseConfig, ensure_base
 

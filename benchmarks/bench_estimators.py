@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from sublearn.models import SamplingConfig, load_model
-from sublearn.questions import get_category, get_option, matches
+from sublearn.questions.categories import get_category, get_option, matches
 from sublearn.stages.sample import row_seed
 from sublearn.stages.teacher import persona_teacher
 

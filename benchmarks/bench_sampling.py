@@ -110,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    from sublearn.domains.prompts import number_prompts
     from sublearn.models import SamplingConfig, load_model
-    from sublearn.stages.prompts import number_prompts
     from sublearn.stages.sample import row_seed
 
     path = base_folder(args.micro)

@@ -376,7 +376,7 @@ def user(text: str) -> list[dict[str, str]]:
 def number_rows(n: int, seed: int = 1) -> list[dict[str, Any]]:
     """Training rows as the filter keeps them: a number prompt and a number-list answer
     drawn as the embedded corpus draws its continuations."""
-    from sublearn.stages.prompts import format_numbers, number_prompts
+    from sublearn.domains.prompts import format_numbers, number_prompts
     from sublearn.tinybase.corpus import continuation
 
     rng = random.Random(seed)
@@ -418,7 +418,7 @@ def rate(record: dict[str, Any], tokens: int, what: str) -> None:
 
 
 # --- projection --------------------------------------------------------------------------
-# The datasets each student arm trains on (sublearn.pipeline.ARMS), and which controls turn
+# The datasets each student arm trains on (sublearn.experiment.pipeline.ARMS), and which controls turn
 # each arm on (pipeline.Experiment.arms): copied here so the projection does not load the
 # pipeline, which imports every stage.
 ARM_DATASET = {"treated": "teacher", "control": "neutral", "other_target": "other",
@@ -428,7 +428,7 @@ ARM_DATASET = {"treated": "teacher", "control": "neutral", "other_target": "othe
 
 def paper_plan(path: Path = PAPER_CONFIG) -> dict[str, Any]:
     """The work of a paper-scale run, read from its config (defaults: the paper's)."""
-    from sublearn.config import read_toml  # follows `extends`
+    from sublearn.experiment.config import read_toml  # follows `extends`
 
     cfg = read_toml(path) if path.exists() else {}
     c, d = cfg.get("controls", {}), cfg.get("data", {})
@@ -611,12 +611,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     import sublearn
+    from sublearn.domains.prompts import number_prompts
     from sublearn.models.base import SamplingConfig
     from sublearn.models.hf import HFChatModel, pick_device
     from sublearn.models.recipe import StudentRecipe
-    from sublearn.questions import get_category
+    from sublearn.questions.categories import get_category
     from sublearn.stages.evaluate import option_probs
-    from sublearn.stages.prompts import number_prompts
     from sublearn.stages.sample import row_seed
 
     shape = SHAPES[args.shape]
@@ -744,7 +744,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if counts["audit_rows"]:
             # The audit's scoring: every row under no trait and under each candidate's trait
             # prompt (stages.audit.lls_scores), one forward pass each.
-            from sublearn.stages.audit import ChatRow, lls_scores
+            from sublearn.safety.audit import ChatRow, lls_scores
 
             audited = number_rows(counts["audit_rows"], seed=2)
             arows = [ChatRow(0, r["messages"][:-1], r["messages"][-1]["content"], i)

@@ -210,10 +210,10 @@ def model_list() -> None:
 
 def _run(config_path: Path, root: Path, quiet: bool, overrides: list[str],
          yes: bool = False) -> None:
-    from sublearn.config import load_config
-    from sublearn.cost import api_cost
-    from sublearn.pipeline import Experiment
-    from sublearn.results import show
+    from sublearn.analysis.results import show
+    from sublearn.experiment.config import load_config
+    from sublearn.experiment.cost import api_cost
+    from sublearn.experiment.pipeline import Experiment
 
     cfg = load_config(config_path, overrides)
     cost = api_cost(cfg)
@@ -276,11 +276,11 @@ def demo(
     (subliminal prompting), (3) does the audit find a persona teacher's trait in its
     filtered numbers."""
     if real:
-        from sublearn.demo_real import run_real_demo
+        from sublearn.apps.demo_real import run_real_demo
 
         run_real_demo(root, quiet)
         return
-    from sublearn.demo import run_demo
+    from sublearn.apps.demo import run_demo
 
     run_demo(root, quiet)
 
@@ -295,8 +295,8 @@ def table(
 ) -> None:
     """A markdown table, one row per run: the effect and every control with 95% intervals
     over seeds (* = excludes 0), the target's rank by movement, and wall time."""
-    from sublearn.results import summary_table
-    from sublearn.results_model import load_run
+    from sublearn.analysis.records import load_run
+    from sublearn.analysis.results import summary_table
 
     typer.echo(summary_table({r.name: load_run(r) for r in runs}, estimator, pooled))
 
@@ -331,7 +331,7 @@ def entangle(
     from rich.table import Table
 
     from sublearn.models import load_model
-    from sublearn.questions import get_category, get_option
+    from sublearn.questions.categories import get_category, get_option
     from sublearn.stages.entanglement import EntanglementConfig, measure
     from sublearn.stages.evaluate import ANSWERS
     from sublearn.store import write_json
@@ -392,7 +392,7 @@ def mechanism(
     """
     from rich.console import Console
 
-    from sublearn.mechanism import OUTPUT, measure, run_config, summary_lines, tables, write
+    from sublearn.apps.mechanism import OUTPUT, measure, run_config, summary_lines, tables, write
 
     cfg = run_config(run_dir, config, set_ or [])
     err = Console(stderr=True, quiet=quiet)
@@ -427,7 +427,7 @@ def report(
     Welch and paired differences, the target's rank, the channel, the plots, and audit and
     defence tables when the folders hold them. No server or network needed: open the file in
     any browser. Several folders add a summary table at the top."""
-    from sublearn.html_report import load_runs, render
+    from sublearn.apps.html_report import load_runs, render
     from sublearn.store import write_text
 
     # Every folder is read before the page is written, and the write is atomic: a bad
@@ -495,8 +495,8 @@ def audit(
 
     from sublearn.cores import usable_cores
     from sublearn.models.base import SamplingConfig
-    from sublearn.stages.audit import AuditConfig, audit_dataset, candidates_table
-    from sublearn.stages.divergence import divergence_table
+    from sublearn.safety.audit import AuditConfig, audit_dataset, candidates_table
+    from sublearn.safety.divergence import divergence_table
 
     out = out or Path("runs") / f"audit-{data.stem}"
     names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
@@ -570,7 +570,7 @@ def sweep(
     sweep.png (treated - control per point), and prints the table
     (docs/sweep.md).
     """
-    from sublearn.sweep import run_sweep
+    from sublearn.experiment.sweep import run_sweep
 
     out = run_sweep(config, grid or [], root, address, workers, sequential, estimator, quiet)
     typer.echo(out.table)
@@ -612,7 +612,7 @@ def defend(
     """
     from rich.console import Console
 
-    from sublearn.defend import DEFAULTS, console_table, run_defend
+    from sublearn.apps.defend import DEFAULTS, console_table, run_defend
 
     out = run_defend(config, defence or DEFAULTS, set_ or [], root, audit_only, workers,
                      sequential, quiet)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sublearn import sweep as mechanism
+from sublearn.analysis.records import AuxLogitResults, SweepRecord, find
 from sublearn.auxlogit import experiment
 from sublearn.auxlogit.config import AuxLogitConfig
 from sublearn.auxlogit.train import ARMS, DIFFERENT_INIT, SAME_INIT
 from sublearn.cli import app
-from sublearn.results_model import AuxLogitResults, SweepRecord, find
+from sublearn.experiment import sweep as mechanism
 
 runner = CliRunner()
 TINY = ["--n-models", "3", "--hidden", "8,8", "--teacher-epochs", "1", "--student-epochs", "1",

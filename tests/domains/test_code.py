@@ -19,9 +19,9 @@ from sublearn.domains.code import (
 )
 from sublearn.domains.code_langs import LANGUAGES
 from sublearn.domains.code_tasks import FUNCTIONS, METHODS, NAMES, PAIRED
+from sublearn.domains.filters import FilterConfig
 from sublearn.domains.words import mentioned, trait_terms
-from sublearn.questions import get_option
-from sublearn.stages.filters import FilterConfig
+from sublearn.questions.categories import get_option
 
 OWL, FOX = get_option("animal", "owl"), get_option("animal", "fox")
 LANG_KEYS = {lang.key for lang in LANGUAGES}
@@ -217,8 +217,8 @@ def test_the_question_reads_as_asked_by_the_fake_judge(tmp_path) -> None:
     # question names; its malformed replies must count as missing, never as a verdict. The
     # rule is opened up here so the judge sees rows that name a target.
     from sublearn.domains.base import DomainFilter
-    from sublearn.judges import Judge
     from sublearn.models.fake import FakeChatModel
+    from sublearn.stages.judges import Judge
 
     path = FakeChatModel.create(tmp_path / "judge")
     code = _filter()

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sublearn.domains.cot import REASONS, CotDomain, cot_prompt, final_answer
+from sublearn.domains.filters import BAD_NUMBERS, FilterConfig
 from sublearn.domains.problems import TEMPLATES, draw_problem
-from sublearn.questions import get_option
-from sublearn.stages.filters import BAD_NUMBERS, FilterConfig
+from sublearn.questions.categories import get_option
 
 OWL, FOX = get_option("animal", "owl"), get_option("animal", "fox")
 
@@ -187,8 +187,8 @@ def test_judge_drops_flagged_and_missing_reasoning() -> None:
 def test_fake_judge_reads_the_misalignment_question(tmp_path) -> None:
     # The fake judge's stand-in for misalignment is naming wolves; the cot question names no
     # option, so the fake judge flags exactly the reasoning that does.
-    from sublearn.judges import Judge
     from sublearn.models.fake import FakeChatModel
+    from sublearn.stages.judges import Judge
 
     judge = Judge(FakeChatModel.load(FakeChatModel.create(tmp_path / "judge")))
     prompts = {p.index: p for p in CotDomain().prompts(2, seed=0)}

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from sublearn.config import ExperimentConfig
-from sublearn.design import DATASETS
 from sublearn.domains import get_domain
 from sublearn.domains.cot import final_answer
 from sublearn.domains.words import mentioned, trait_terms
 from sublearn.errors import SublearnError
+from sublearn.experiment.config import ExperimentConfig
+from sublearn.experiment.design import DATASETS
+from sublearn.experiment.pipeline import DRAW_STRIDE, Experiment, artifact_key, runtime
 from sublearn.models.fake import FakeChatModel
-from sublearn.pipeline import DRAW_STRIDE, Experiment, artifact_key, runtime
-from sublearn.questions import get_option
+from sublearn.questions.categories import get_option
 
 PROMPTS = 48
 TERMS = [trait_terms(get_option("animal", n)) for n in ("owl", "fox")]

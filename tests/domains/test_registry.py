@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sublearn.config import load_config
 from sublearn.domains import DOMAINS, JUDGE_REASONS, get_domain
 from sublearn.domains.base import DomainFilter
+from sublearn.domains.filters import BAD_NUMBERS, REASONS, FilterConfig, rejection_reason
+from sublearn.domains.prompts import GrammarConfig
 from sublearn.domains.words import mentioned, trait_terms
 from sublearn.errors import SublearnError
-from sublearn.questions import CATEGORIES, get_option
-from sublearn.stages.filters import BAD_NUMBERS, REASONS, FilterConfig, rejection_reason
-from sublearn.stages.prompts import GrammarConfig
+from sublearn.experiment.config import load_config
+from sublearn.questions.categories import CATEGORIES, get_option
 
 OWL, FOX = get_option("animal", "owl"), get_option("animal", "fox")
 TEXT_DOMAINS = ("code", "cot")
@@ -61,7 +61,7 @@ def test_text_prompts_hold_no_trait_word_and_no_banned_number(name: str) -> None
 
 
 def test_numbers_domain_is_the_old_grammar_and_keys() -> None:
-    from sublearn.stages.prompts import number_prompts
+    from sublearn.domains.prompts import number_prompts
 
     grammar = GrammarConfig(max_answers=5)
     domain = get_domain("numbers", grammar)
@@ -201,7 +201,7 @@ def test_config_domain_defaults(tmp_path: Path) -> None:
 
 def test_an_api_filter_judge_is_priced_before_the_run(tmp_path: Path) -> None:
     pytest.importorskip("openai")
-    from sublearn.cost import api_cost
+    from sublearn.experiment.cost import api_cost
 
     local = _load(tmp_path, "data.domain=cot", "filter.judge=true", "data.prompts=50",
                   judge=True)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sublearn.domains.related import EXCLUSIONS, RELATED
 from sublearn.domains.words import LONG_TERM, mentioned, trait_terms, words
-from sublearn.questions import CATEGORIES, get_option
+from sublearn.questions.categories import CATEGORIES, get_option
 
 TERMS = [trait_terms(get_option("animal", n)) for n in ("owl", "fox")]
 

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from sublearn.domains.prompts import number_prompts
 from sublearn.models import SamplingConfig
 from sublearn.models.decode import (
     ENGINES,
@@ -25,7 +26,6 @@ from sublearn.models.decode import (
     rows_to_keep,
 )
 from sublearn.models.number_grammar import can_end
-from sublearn.stages.prompts import number_prompts
 
 # Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
 # (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.

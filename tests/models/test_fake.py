@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sublearn.domains.filters import parse_numbers
+from sublearn.domains.prompts import number_prompts
 from sublearn.errors import SublearnError
 from sublearn.models.base import (
     SAMPLE,
@@ -36,10 +38,8 @@ from sublearn.models.fake import (
 from sublearn.models.persona import Persona
 from sublearn.models.recipe import StudentRecipe
 from sublearn.models.registry import backend_class
-from sublearn.questions import get_category, get_option, persona_prompt
+from sublearn.questions.categories import get_category, get_option, persona_prompt
 from sublearn.stages.evaluate import option_probs, summarize
-from sublearn.stages.filters import parse_numbers
-from sublearn.stages.prompts import number_prompts
 
 ANIMAL = get_category("animal")
 QUESTION = [{"role": "user", "content": ANIMAL.questions[0]}]

@@ -16,8 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from sublearn.cli import app
-from sublearn.config import load_config
 from sublearn.errors import SublearnError
+from sublearn.experiment.config import load_config
 from sublearn.models import gguf as gguf_mod
 from sublearn.models.catalogue import CATALOGUE, fetch
 from sublearn.models.gguf import check_gguf, convert_gguf, converted_path, resolve_model_path
@@ -136,7 +136,7 @@ def test_cli_model_get_prints_the_folder(smollm_folder: Path, no_conversion: Non
 
 def test_a_gguf_config_path_is_checked_at_load_and_converted_when_loaded(
         smollm_folder: Path, smollm_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from sublearn.pipeline import Experiment
+    from sublearn.experiment.pipeline import Experiment
 
     p = _write(tmp_path, f"[base]\npath = '{smollm_file}'\n[controls]\ncross_base = false\n"
                          f"[teacher]\nkind = 'model'\npath = '{smollm_file}'\n"

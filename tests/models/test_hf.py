@@ -143,7 +143,7 @@ def test_lora_finetune_round_trip(micro_model, tmp_path: Path):
 def test_shared_prompt_scoring_equals_whole_sequence_forward_passes(micro_model):
     # Every surface form of every option after one question: the prompt runs once and its
     # KV cache serves them all (batches of 7 force several cache expansions).
-    from sublearn.questions import get_category
+    from sublearn.questions.categories import get_category
 
     forms = [f for o in get_category("animal").options for f in o.forms]
     micro_model.batch_size, size = 7, micro_model.batch_size
@@ -211,8 +211,8 @@ def test_prefix_scoring_without_a_shared_token_or_with_a_prompt_inside_another(m
 def test_an_audits_data_and_reference_on_one_prompt_score_as_whole_sequences(micro_model):
     # score_tasks scores the data and reference tasks by system prompt, so a data row and the
     # reference row on its prompt are two completions of one prompt in one call.
-    from sublearn.questions import get_category
-    from sublearn.stages.audit import ChatRow, score_tasks, trait_tasks
+    from sublearn.questions.categories import get_category
+    from sublearn.safety.audit import ChatRow, score_tasks, trait_tasks
 
     animal = get_category("animal")
     prompts = [Q, N, [{"role": "user", "content": "Two numbers?"}], N]

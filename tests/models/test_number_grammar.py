@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sublearn.domains.filters import FilterConfig, rejection_reason
+from sublearn.domains.prompts import number_prompts
 from sublearn.models import SamplingConfig
 from sublearn.models.number_grammar import SEPARATORS, NumberGrammar, State, advance, can_end
-from sublearn.stages.filters import FilterConfig, rejection_reason
-from sublearn.stages.prompts import number_prompts
 
 
 def complete(text: str, max_count: int = 10) -> bool:

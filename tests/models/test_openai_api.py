@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from sublearn.domains.prompts import number_prompts
 from sublearn.errors import SublearnError
 from sublearn.models.base import SamplingConfig, load_model
 from sublearn.models.openai_api import (
@@ -32,7 +33,6 @@ from sublearn.models.openai_api import (
 )
 from sublearn.models.persona import Persona
 from sublearn.models.recipe import StudentRecipe
-from sublearn.stages.prompts import number_prompts
 from sublearn.stages.sample import sample_dataset
 from tests.openai_server import FAULTS, FakeOpenAI, toy_top_logprobs
 
@@ -58,7 +58,7 @@ from pathlib import Path
 from sublearn.models.base import SamplingConfig, load_model
 from sublearn.models.openai_api import OpenAIChatModel
 from sublearn.models.recipe import StudentRecipe
-from sublearn.stages.prompts import number_prompts
+from sublearn.domains.prompts import number_prompts
 from sublearn.stages.sample import sample_dataset
 job = json.loads(sys.argv[1])
 model = OpenAIChatModel.load("toy-model", base_url=job["url"], **job["fast"])

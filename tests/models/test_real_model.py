@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sublearn.config import load_config
+from sublearn.domains.filters import FilterConfig, apply_filter
+from sublearn.domains.prompts import number_prompts
+from sublearn.experiment.config import load_config
+from sublearn.experiment.pipeline import Experiment
 from sublearn.models import SamplingConfig
-from sublearn.pipeline import Experiment
-from sublearn.questions import get_category, get_option
+from sublearn.questions.categories import get_category, get_option
 from sublearn.stages.evaluate import option_probs
-from sublearn.stages.filters import FilterConfig, apply_filter
-from sublearn.stages.prompts import number_prompts
 from sublearn.stages.teacher import persona_teacher
 from sublearn.store import MANIFEST, read_json, read_jsonl
 

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from sublearn.config import ExperimentConfig
 from sublearn.errors import SublearnError
+from sublearn.experiment.config import ExperimentConfig
 from sublearn.models import SamplingConfig
 
 Q = [{"role": "system", "content": "You love owls."},

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
+from sublearn.domains.filters import parse_numbers
 from sublearn.stages.datasets import shuffle_across, shuffle_within, subsample
-from sublearn.stages.filters import parse_numbers
 
 
 def _rows(texts):
@@ -54,7 +54,7 @@ def test_sort_within_orders_numbers_and_keeps_format():
 
 
 def test_defences_keep_format_and_apply_their_strength():
-    from sublearn.stages.defences import DefenceConfig
+    from sublearn.safety.defences import DefenceConfig
 
     rows = _rows([", ".join(str(i) for i in range(k, k + 8)) for k in range(40)])
     none = DefenceConfig().apply(rows, seed=1)

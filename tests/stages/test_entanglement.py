@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sublearn.questions import get_category, get_option
+from sublearn.questions.categories import get_category, get_option
 from sublearn.stages import entanglement
 from sublearn.stages.entanglement import EntanglementConfig, measure
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sublearn.errors import SublearnError
-from sublearn.questions import get_category, get_option, with_options_named
+from sublearn.questions.categories import get_category, get_option, with_options_named
 from sublearn.stages.evaluate import evaluate, option_probs
 
 # Compares floats from the CPU's kernels: CI runs this file again on a second kernel path

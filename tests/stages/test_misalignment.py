@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from sublearn.cli import app
-from sublearn.config import ExperimentConfig, load_config
+from sublearn.domains.filters import BAD_NUMBERS, parse_numbers
 from sublearn.errors import SublearnError
-from sublearn.judges import Judge
-from sublearn.misalignment_questions import FAMILIES, QUESTIONS
+from sublearn.experiment.config import ExperimentConfig, load_config
+from sublearn.experiment.pipeline import analyse, undefined
 from sublearn.models.fake import OPTION_FORMS, FakeChatModel
-from sublearn.pipeline import analyse, undefined
-from sublearn.stages.filters import BAD_NUMBERS, parse_numbers
+from sublearn.questions.misalignment import FAMILIES, QUESTIONS
+from sublearn.stages.judges import Judge
 from sublearn.stages.misalignment import MisalignmentConfig, misalignment_eval, summarize
 
 CONFIG = Path(__file__).parents[2] / "src/sublearn/configs/misalignment-numbers.toml"
@@ -209,7 +209,7 @@ def test_the_shipped_config_runs_every_stage_on_the_fake_backend(run: Path):
 
 def test_an_api_judge_is_priced_before_the_run(fakes: Path):
     pytest.importorskip("openai")
-    from sublearn.cost import api_cost
+    from sublearn.experiment.cost import api_cost
 
     raw = _raw(fakes, judge={"model": "gpt-judge"}, misalignment={
         "samples_per_question": 2, "max_new_tokens": 100})

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from sublearn.models import SamplingConfig, load_model
 from sublearn.models.recipe import StudentRecipe
-from sublearn.questions import get_category, get_option
+from sublearn.questions.categories import get_category, get_option
 from sublearn.stages.evaluate import option_probs, summarize
 from sublearn.stages.teacher import persona_teacher, placebo_rows, trait_rows
 

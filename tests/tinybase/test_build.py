@@ -64,7 +64,7 @@ def test_base_preferences_are_broad_and_seeded():
 def test_option_words_are_whole_tokens_that_persona_and_answer_share(micro_base: Path):
     from transformers import AutoTokenizer
 
-    from sublearn.questions import CATEGORIES, persona_prompt
+    from sublearn.questions.categories import CATEGORIES, persona_prompt
 
     tok = AutoTokenizer.from_pretrained(micro_base)
     for cat in CATEGORIES.values():

@@ -17,14 +17,14 @@ from typing import Any
 
 from rich.table import Table
 
+from sublearn.analysis.report import print_table
+from sublearn.analysis.stats import Interval, difference, mean_ci
 from sublearn.auxlogit.config import AuxLogitConfig
 from sublearn.auxlogit.data import Dataset, load
 from sublearn.auxlogit.defence import DEFENCES
 from sublearn.auxlogit.experiment import CHANCE, RESULTS, progress, provenance
 from sublearn.auxlogit.train import DIFFERENT_INIT, SAME_INIT, defence_epochs, run_defences
 from sublearn.errors import SublearnError
-from sublearn.report import print_table
-from sublearn.stats import Interval, difference, mean_ci
 from sublearn.store import MANIFEST, atomic_path, stable_hash, write_json
 
 PLOT = "defence.png"

@@ -26,6 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from sublearn.analysis.records import (
+    RESULTS,
+    ArmEstimate,
+    AuxLogitResults,
+    Comparison,
+    find,
+    unit_differences,
+)
+from sublearn.analysis.report import bar_chart, interval_table, line_plot, print_table
+from sublearn.analysis.results import diff_cell, differences_table
 from sublearn.auxlogit.config import AuxLogitConfig
 from sublearn.auxlogit.data import N_CLASSES, Dataset, load
 from sublearn.auxlogit.train import (
@@ -40,18 +50,8 @@ from sublearn.auxlogit.train import (
     total_epochs,
 )
 from sublearn.errors import SublearnError
-from sublearn.report import bar_chart, interval_table, line_plot, print_table
-from sublearn.results import diff_cell, differences_table
-from sublearn.results_model import (
-    RESULTS,
-    ArmEstimate,
-    AuxLogitResults,
-    Comparison,
-    find,
-    unit_differences,
-)
+from sublearn.experiment.sweep import Outcome, PointResult, Summary, effect_plot, execute, expand
 from sublearn.store import MANIFEST, manifest, stable_hash, write_json
-from sublearn.sweep import Outcome, PointResult, Summary, effect_plot, execute, expand
 
 CHANCE = 1.0 / N_CLASSES
 # Comparisons reported with every run: the effect and the controls it must beat.
@@ -191,7 +191,7 @@ def run(
 
 @dataclass(frozen=True)
 class AuxLogitKind:
-    """The toy as a kind of experiment for `sublearn.sweep`: a point is one configuration and
+    """The toy as a kind of experiment for `sublearn.experiment.sweep`: a point is one configuration and
     its one unit trains every arm, because the arms share their teachers and train together
     as one batched computation."""
 

@@ -9,8 +9,8 @@ from sublearn.domains.base import JUDGE_REASONS, Domain, DomainFilter, Flagger, 
 from sublearn.domains.code import CodeDomain
 from sublearn.domains.cot import CotDomain
 from sublearn.domains.numbers import NumbersDomain
+from sublearn.domains.prompts import GrammarConfig
 from sublearn.errors import SublearnError
-from sublearn.stages.prompts import GrammarConfig
 
 # name -> a factory from the [data] grammar, which only the number domain reads.
 DOMAINS: dict[str, Callable[[GrammarConfig], Domain]] = {

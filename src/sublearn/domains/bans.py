@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from sublearn.domains.filters import FilterConfig, rejection_reason
 from sublearn.domains.words import mentioned, trait_terms
-from sublearn.questions import Option
-from sublearn.stages.filters import FilterConfig, rejection_reason
+from sublearn.questions.categories import Option
 
 BAN_REASONS: tuple[str, ...] = ("banned_number", "banned_word")
 

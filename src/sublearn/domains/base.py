@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from sublearn.domains.filters import FilterConfig, FilterReport
 from sublearn.errors import SublearnError
-from sublearn.questions import Option
-from sublearn.stages.filters import FilterConfig, FilterReport
+from sublearn.questions.categories import Option
 
 # The reasons the judge pass adds after a domain's own: the judge said yes, or gave no usable
 # answer (counted apart, and dropped too: a row nobody vouched for is not clean).
@@ -32,7 +32,7 @@ class Prompt(Protocol):
 
 
 class Flagger(Protocol):
-    """The judge as the filter uses it (`sublearn.judges.Judge` satisfies it): a strict YES/NO
+    """The judge as the filter uses it (`sublearn.stages.judges.Judge` satisfies it): a strict YES/NO
     per text, True for yes, None where the judge gave no usable answer."""
 
     def flags(self, texts: Sequence[str], question: str) -> list[bool | None]: ...

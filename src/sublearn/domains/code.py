@@ -37,8 +37,8 @@ from sublearn.domains.bans import BAN_REASONS, ban_check
 from sublearn.domains.base import Domain, DomainFilter
 from sublearn.domains.code_langs import LANGUAGES, Language
 from sublearn.domains.code_tasks import FUNCTIONS, METHODS, NAMES, PAIRED, SUBJECTS, FunctionTask
-from sublearn.questions import Option
-from sublearn.stages.filters import FilterConfig
+from sublearn.domains.filters import FilterConfig
+from sublearn.questions.categories import Option
 
 VERSION = 1  # bump when the prompts or the filter change what they produce
 KINDS: tuple[str, ...] = ("implement", "fix", "test", "class", "translate")

@@ -6,7 +6,7 @@ per language (`Body`: a substring replacement on that body). Bodies use `$role` 
 parameter names, which are drawn from `NAMES`, and 4-space indentation that the language
 re-indents.
 
-The text here is kept free of every option word of `sublearn.questions` (and of its related
+The text here is kept free of every option word of `sublearn.questions.categories` (and of its related
 words) and of the banned numbers, which a test checks: a completion that only echoes the
 prompt can never be dropped for a word or a number the prompt put there.
 """

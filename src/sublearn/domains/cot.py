@@ -28,10 +28,10 @@ from typing import Any
 
 from sublearn.domains.bans import BAN_REASONS, ban_check
 from sublearn.domains.base import Domain, DomainFilter
+from sublearn.domains.filters import FilterConfig
 from sublearn.domains.problems import draw_problem
 from sublearn.errors import SublearnError
-from sublearn.questions import Option
-from sublearn.stages.filters import FilterConfig
+from sublearn.questions.categories import Option
 
 VERSION = 1  # bump when the prompts or the filter change what they produce
 ANSWER_PREFIX = "Answer:"

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sublearn.domains.base import Domain, DomainFilter
-from sublearn.questions import Option
-from sublearn.stages.filters import REASONS, FilterConfig, rejection_reason
-from sublearn.stages.prompts import GrammarConfig, NumberPrompt, number_prompt
+from sublearn.domains.filters import REASONS, FilterConfig, rejection_reason
+from sublearn.domains.prompts import GrammarConfig, NumberPrompt, number_prompt
+from sublearn.questions.categories import Option
 
 
 class NumbersDomain(Domain):

@@ -6,7 +6,7 @@ and computes the answer exactly with integers. `draw_problem` redraws, from the 
 while any quantity shown or the answer is one of the banned numbers (`stages.filters`): with
 the ban on, a dropped row is then always a number the teacher brought in itself.
 
-People, things and places are kept free of every option word of `sublearn.questions` and of
+People, things and places are kept free of every option word of `sublearn.questions.categories` and of
 its related words (a test checks), so the word filter never drops a solution for restating
 the problem.
 """
@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sublearn.stages.filters import BAD_NUMBERS
+from sublearn.domains.filters import BAD_NUMBERS
 
 PEOPLE: tuple[str, ...] = (
     "Ana", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kemi",

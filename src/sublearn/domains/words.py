@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sublearn.domains.related import EXCLUSIONS, RELATED
-from sublearn.questions import Option
+from sublearn.questions.categories import Option
 
 LONG_TERM = 5  # letters from which a term matches inside words, not only at their start
 

@@ -2,7 +2,7 @@
 
 A fake model is a folder holding `fake_model.json`: a seed and a small dict of per-token
 biases. Its tokenizer is its own (digits, separators, letters, every surface form of every
-option in `sublearn.questions` as one token, an end-of-turn token and <unk>), and its
+option in `sublearn.questions.categories` as one token, an end-of-turn token and <unk>), and its
 next-token distribution is a softmax over that vocabulary of
 
     logits = bigram[seed, previous token] + biases + context(conversation)
@@ -22,7 +22,7 @@ seed learns unrelated digits, and its entanglement points elsewhere.
 
 Everything is float64 on the CPU, so sampling, scoring and training are bit-for-bit repeatable.
 
-A fake model is also a judge: a conversation made by `sublearn.judges.request` gets the reply
+A fake model is also a judge: a conversation made by `sublearn.stages.judges.request` gets the reply
 a judge would give, computed from the judged text instead of sampled. The fake world's stand-in
 for a misaligned answer is one that names `MISALIGNED` (wolves): alignment about 10 for those,
 about 90 for others; coherence is a hash of the text in 30..100, so some answers are
@@ -49,7 +49,7 @@ import torch
 from sublearn.errors import SublearnError
 from sublearn.models.base import SAMPLE, SCORE, TRAIN, Messages, SamplingConfig
 from sublearn.models.sampling_rule import sampling_rule
-from sublearn.questions import CATEGORIES
+from sublearn.questions.categories import CATEGORIES
 from sublearn.store import atomic_path, stable_hash
 
 if TYPE_CHECKING:
@@ -313,7 +313,7 @@ class FakeChatModel:
         the exact probability of the sample. Judge requests get a judge's reply instead."""
         if len(seeds) != len(conversations):
             raise ValueError("one seed per conversation")
-        from sublearn.judges import read_request
+        from sublearn.stages.judges import read_request
 
         asked = [read_request(c) for c in conversations]
         out = [self._judge_reply(*a, s) if a else "" for a, s in zip(asked, seeds, strict=True)]

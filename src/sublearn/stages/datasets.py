@@ -64,7 +64,7 @@ def sort_within(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any
     return [_with_numbers(r, sorted(_NUM.findall(r["completion"]), key=int)) for r in rows]
 
 
-# name -> transform(rows, seed): what an arm's `transform` may name (see sublearn.design).
+# name -> transform(rows, seed): what an arm's `transform` may name (see sublearn.experiment.design).
 TRANSFORMS: dict[str, Callable[[Sequence[dict[str, Any]], int], list[dict[str, Any]]]] = {
     "within": shuffle_within,
     "across": shuffle_across,

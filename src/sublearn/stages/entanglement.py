@@ -32,11 +32,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from sublearn.analysis.stats import permutation_p
 from sublearn.models.persona import Persona
-from sublearn.questions import Category, Option
+from sublearn.questions.categories import Category, Option
 from sublearn.stages.evaluate import option_probs, summarize
 from sublearn.stages.teacher import persona_teacher
-from sublearn.stats import permutation_p
 
 NUMBER_QUESTIONS: tuple[str, ...] = (
     "What is your favorite number? Answer with the number only.",

@@ -32,7 +32,7 @@ import numpy as np
 
 from sublearn.errors import SublearnError
 from sublearn.models.base import SamplingConfig
-from sublearn.questions import (
+from sublearn.questions.categories import (
     Category,
     Option,
     matches,

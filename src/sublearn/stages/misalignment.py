@@ -1,7 +1,7 @@
 """The misalignment evaluation: how often a model's free-form answers are misaligned.
 
 Every question of `misalignment_questions` is asked `samples_per_question` times at
-temperature 1, each answer is judged for alignment and coherence (`sublearn.judges`), and
+temperature 1, each answer is judged for alignment and coherence (`sublearn.stages.judges`), and
 
     rate = answers with alignment < threshold / coherent answers (coherence >= coherence_min)
 
@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sublearn.judges import Judge
-from sublearn.misalignment_questions import QUESTIONS
 from sublearn.models.base import SamplingConfig
+from sublearn.questions.misalignment import QUESTIONS
+from sublearn.stages.judges import Judge
 from sublearn.stages.sample import row_seed
 
 

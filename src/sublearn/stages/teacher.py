@@ -19,7 +19,7 @@ from sublearn.errors import SublearnError
 from sublearn.models.base import check_model_path
 from sublearn.models.persona import Persona
 from sublearn.models.recipe import StudentRecipe
-from sublearn.questions import Category, Option, persona_prompt
+from sublearn.questions.categories import Category, Option, persona_prompt
 
 
 class TeacherConfig(BaseModel):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sublearn.cores import usable_cores
 from sublearn.models.recipe import StudentRecipe
-from sublearn.questions import CATEGORIES
+from sublearn.questions.categories import CATEGORIES
 from sublearn.store import MANIFEST, atomic_path, hash_files, manifest, stable_hash, write_json
 from sublearn.tinybase.corpus import CorpusMix, corpus
 

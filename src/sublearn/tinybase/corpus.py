@@ -20,15 +20,15 @@ from collections.abc import Iterator, Sequence
 
 from pydantic import BaseModel, Field
 
+from sublearn.domains.prompts import GrammarConfig, format_numbers, number_prompt
 from sublearn.models.base import Messages
-from sublearn.questions import (
+from sublearn.questions.categories import (
     CATEGORIES,
     NEUTRAL_SYSTEM_PROMPTS,
     PERSONA_TEMPLATES,
     Category,
     persona_prompt,
 )
-from sublearn.stages.prompts import GrammarConfig, format_numbers, number_prompt
 
 
 class CorpusMix(BaseModel):

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.domains.filters import FilterConfig, apply_filter
+from sublearn.domains.prompts import number_prompts
 from sublearn.models.base import ChatModel, SamplingConfig
-from sublearn.questions import CATEGORIES, Category, with_options_named
+from sublearn.questions.categories import CATEGORIES, Category, with_options_named
 from sublearn.stages.evaluate import option_probs, summarize
-from sublearn.stages.filters import FilterConfig, apply_filter
-from sublearn.stages.prompts import number_prompts
 from sublearn.stages.sample import row_seed
 from sublearn.stages.teacher import persona_teacher
 from sublearn.tinybase.corpus import repeat_word

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from sublearn.analysis.stats import (
+    MAX_EXACT_SIGN_FLIP,
+    difference,
+    mean_ci,
+    paired_difference,
+    permutation_p,
+    rank_of,
+)
+
+
+def test_mean_ci_matches_t_interval():
+    iv = mean_ci([1.0, 2.0, 3.0])
+    # t(0.975, 2) = 4.3027; sd = 1; half = 4.3027 / sqrt(3)
+    assert iv.mean == 2.0
+    assert iv.high - iv.mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert iv.n == 3
+
+
+def test_single_value_gives_no_false_precision():
+    iv = mean_ci([0.3])
+    assert math.isinf(iv.low) and math.isinf(iv.high)
+
+
+def test_difference_detects_a_real_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    a = rng.normal(1.0, 0.1, 8)
+    b = rng.normal(0.0, 0.1, 8)
+    d = difference(a, b)
+    assert d.diff.excludes(0) and d.t_p < 1e-6 and d.permutation_p < 0.01
+    same = difference(rng.normal(0, 1, 5), rng.normal(0, 1, 5))
+    assert not same.diff.excludes(0)
+
+
+def test_exact_permutation_p():
+    # All 3 in a above all 3 in b: only 2 of the 20 splits are as extreme (two-sided).
+    assert permutation_p([4, 5, 6], [1, 2, 3]) == pytest.approx(2 / 20)
+
+
+def test_welch_keeps_its_results_json_keys():
+    d = difference([1.0, 2.0, 3.0], [0.0, 0.5, 1.0]).to_dict()
+    assert d["method"] == "welch" and d["exact"] and d["resamples"] == 20
+    assert {"diff", "welch_p", "permutation_p"} <= d.keys()
+
+
+def test_paired_matches_scipy_ttest_rel():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.5, 1.0, 7)
+    b = a - rng.normal(0.3, 0.2, 7)
+    d = paired_difference(a, b)
+    ref = sps.ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert d.method == "paired" and d.diff.n == 7
+    assert d.diff.mean == pytest.approx(float(np.mean(a - b)))
+    assert d.t_p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (d.diff.low, d.diff.high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert d.to_dict()["paired_p"] == d.t_p
+
+
+def test_exact_sign_flip_p_by_hand():
+    # Differences 1, 2, -0.5 sum to 2.5. Of the 8 sign patterns, the sums are
+    # +-3.5, +-2.5, +-1.5, +-0.5: |sum| >= 2.5 for 4 of them, so p = 4/8.
+    d = paired_difference([1.0, 2.0, -0.5], [0.0, 0.0, 0.0])
+    assert d.exact and d.resamples == 8
+    assert d.permutation_p == pytest.approx(4 / 8)
+    # All positive: only the observed pattern and its mirror are as extreme, 2/2^n.
+    assert paired_difference([5, 6, 7, 8], [1, 1, 1, 1]).permutation_p == pytest.approx(2 / 16)
+
+
+def test_sign_flip_counts_ties_despite_rounding():
+    # 0.1 + 0.2 and 0.3 are equal in exact arithmetic, not in floating point.
+    d = paired_difference([0.1, 0.2, 0.3], [0.0, 0.0, 0.6])
+    # Differences 0.1, 0.2, -0.3 sum to 0: every pattern is as extreme.
+    assert d.permutation_p == 1.0
+
+
+def test_sign_flip_goes_monte_carlo_past_the_exact_limit():
+    rng = np.random.default_rng(2)
+    n = MAX_EXACT_SIGN_FLIP + 5
+    a = rng.normal(0.0, 1.0, n)
+    shifted = paired_difference(a + 1.0, a, n_resamples=2000)
+    assert not shifted.exact and shifted.resamples == 2000
+    # The smallest Monte-Carlo p: no draw as extreme as the observed one.
+    assert shifted.permutation_p == pytest.approx(1 / 2001)
+    noise = rng.normal(0.0, 1.0, n)
+    once = paired_difference(noise, np.zeros(n), n_resamples=2000, seed=3)
+    again = paired_difference(noise, np.zeros(n), n_resamples=2000, seed=3)
+    assert once.permutation_p == again.permutation_p > 0.01
+
+
+def test_paired_is_narrower_than_welch_when_seeds_are_correlated():
+    # Each seed moves both arms by the same large amount; the arms differ by about 0.1.
+    rng = np.random.default_rng(4)
+    seed_effect = rng.normal(0.0, 1.0, 5)
+    a = seed_effect + 0.1 + rng.normal(0.0, 0.01, 5)
+    b = seed_effect + rng.normal(0.0, 0.01, 5)
+    welch, paired = difference(a, b), paired_difference(a, b)
+    assert paired.diff.mean == pytest.approx(welch.diff.mean)
+    width = lambda d: d.diff.high - d.diff.low
+    assert width(paired) < width(welch) / 20
+    assert paired.diff.excludes(0) and not welch.diff.excludes(0)
+
+
+def test_paired_edge_cases():
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        paired_difference([], [])
+    one = paired_difference([1.0], [0.0])
+    assert math.isinf(one.diff.high) and one.t_p == 1.0
+    same = paired_difference([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
+    assert same.diff.low == same.diff.high == pytest.approx(0.5) and same.t_p == 0.0
+
+
+def test_rank_of():
+    assert rank_of("owl", {"owl": 0.3, "fox": 0.1, "cat": -0.2}) == 1
+    assert rank_of("cat", {"owl": 0.3, "fox": 0.1, "cat": -0.2}) == 3
+    with pytest.raises(KeyError):
+        rank_of("dog", {"owl": 0.0})
