@@ -32,23 +32,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sublearn.analysis.stats import mean_ci
+from sublearn.analysis.stats import holm, mean_ci
 from sublearn.domains.filters import FilterConfig, apply_filter
 from sublearn.domains.prompts import number_prompts
 from sublearn.models import SamplingConfig, load_model
-from sublearn.models.gguf import catalogue_name, resolve_model_path
+from sublearn.models.catalogue import catalogue_name, resolve_model_path
 from sublearn.questions.categories import get_category, get_option
-from sublearn.safety.audit import (
-    AuditConfig,
-    ChatRow,
-    contrast,
-    decoy_personas,
-    holm,
-    lls_scores,
-    parse_chat_row,
-    rank_candidates,
-    sample_reference,
-)
+from sublearn.safety.audit import AuditConfig, decoy_personas, rank_candidates, sample_reference
+from sublearn.safety.rows import ChatRow, parse_chat_row
+from sublearn.safety.scoring import contrast, lls_scores
 from sublearn.stages.sample import sample_dataset
 from sublearn.stages.teacher import persona_teacher
 from sublearn.store import read_jsonl, write_json, write_jsonl
@@ -127,7 +119,7 @@ def decoy_rows(model: Any, prompts: list, sampling: SamplingConfig, seed: int,
     if not path.exists():
         rows = [ChatRow(0, [{"role": "user", "content": p.text}], "", p.index) for p in prompts]
         ref = sample_reference(model, rows, AuditConfig(sampling=sampling, reference_seed=seed),
-                               strict=False, decoys=(ANIMAL, ANIMAL.options))
+                               strict=False, decoy_candidates=(ANIMAL, ANIMAL.options))
         write_jsonl(path, (r.record() for r in ref))
     return kept_rows(path, [])
 
@@ -279,9 +271,9 @@ def power(teachers: dict[str, Scored], ref: Scored, decoys: Scored | None, sizes
 
 
 def plots(results: dict[str, Any], img: Path) -> None:
-    from sublearn.analysis.report import _pyplot, _save
+    from sublearn.analysis.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     p = results["power"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for target, c in p["targets"].items():
@@ -296,7 +288,7 @@ def plots(results: dict[str, Any], img: Path) -> None:
     ax.set_ylabel("detection rate (target 1st, Holm p < 0.05)")
     test = "decoy ranking, both tests flag" if results["decoys"] else "plain reference"
     ax.set_title(f"audit power on persona-teacher data ({test})")
-    _save(fig, img / f"audit-power-{results['prompts']}{results['tag']}.png")
+    save_figure(fig, img / f"audit-power-{results['prompts']}{results['tag']}.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     rows = results["ranking"]
@@ -307,7 +299,7 @@ def plots(results: dict[str, Any], img: Path) -> None:
     ax.set_ylabel("target's z (green: ranked 1st of 18)")
     ax.set_title("persona-teacher data: the target's z against the "
                  + ("decoy reference" if results["decoys"] else "reference"))
-    _save(fig, img / f"audit-ranking-{results['prompts']}{results['tag']}.png")
+    save_figure(fig, img / f"audit-ranking-{results['prompts']}{results['tag']}.png")
 
 
 if __name__ == "__main__":

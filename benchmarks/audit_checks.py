@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sublearn.analysis.stats import permutation_test
 from sublearn.domains.filters import FilterConfig, apply_filter
 from sublearn.models import load_model
 from sublearn.questions.categories import get_category, get_option
-from sublearn.safety.audit import contrast, permutation_test
+from sublearn.safety.scoring import contrast
 from sublearn.stages.evaluate import option_probs
 from sublearn.stages.teacher import persona_teacher
 from sublearn.store import read_jsonl

@@ -29,8 +29,10 @@ import numpy as np
 from sublearn.domains.filters import FilterConfig, apply_filter
 from sublearn.models import load_model
 from sublearn.questions.categories import get_category, get_option
-from sublearn.safety.audit import AuditConfig, ChatRow, parse_chat_row, token_logprobs
+from sublearn.safety.audit import AuditConfig
 from sublearn.safety.divergence import divergence_summary, row_divergence
+from sublearn.safety.rows import ChatRow, parse_chat_row
+from sublearn.safety.scoring import token_logprobs
 from sublearn.store import read_jsonl, write_jsonl
 from sublearn.tinybase import BaseConfig, ensure_base
 
@@ -52,8 +54,10 @@ def statistics(data: list[np.ndarray], ref: list[np.ndarray], traits: list[str],
         idx = [traits.index(t) for t in group]
         for share in shares:
             rows = row_divergence([x[idx] for x in data + ref], list(group), share)
+            # The audit's divergence test draws with its seed + 2 (safety.audit.run_audit).
             cfg = AuditConfig(divergence_share=share, permutations=permutations)
-            out.append(divergence_summary(rows, len(data), cfg))
+            out.append(divergence_summary(rows, len(data), share, permutations,
+                                          cfg.seed + 2))
     return out
 
 

@@ -30,7 +30,8 @@ from sublearn.domains.filters import FilterConfig, apply_filter
 from sublearn.domains.prompts import number_prompts
 from sublearn.models import SamplingConfig, load_model
 from sublearn.questions.categories import get_category, get_option
-from sublearn.safety.audit import lls_scores, parse_chat_row
+from sublearn.safety.rows import parse_chat_row
+from sublearn.safety.scoring import lls_scores
 from sublearn.stages.sample import sample_dataset
 from sublearn.stages.teacher import persona_teacher
 from sublearn.store import read_jsonl, write_jsonl

@@ -614,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from sublearn.domains.prompts import number_prompts
     from sublearn.models.base import SamplingConfig
     from sublearn.models.hf import HFChatModel, pick_device
-    from sublearn.models.recipe import StudentRecipe
+    from sublearn.models.recipe import TrainingRecipe
     from sublearn.questions.categories import get_category
     from sublearn.stages.evaluate import option_probs
     from sublearn.stages.sample import row_seed
@@ -659,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stages["build"] = {}
         with stage(stages["build"], cuda):
             if shape.weights:  # the real model: installed and converted on first use
-                from sublearn.models.gguf import resolve_model_path
+                from sublearn.models.catalogue import resolve_model_path
 
                 folder = resolve_model_path(shape.weights, print)
             elif not (folder / "config.json").exists():
@@ -744,7 +744,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if counts["audit_rows"]:
             # The audit's scoring: every row under no trait and under each candidate's trait
             # prompt (stages.audit.lls_scores), one forward pass each.
-            from sublearn.safety.audit import ChatRow, lls_scores
+            from sublearn.safety.rows import ChatRow
+            from sublearn.safety.scoring import lls_scores
 
             audited = number_rows(counts["audit_rows"], seed=2)
             arows = [ChatRow(0, r["messages"][:-1], r["messages"][-1]["content"], i)
@@ -768,9 +769,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # ~35x slower (see docs/scale.md), which would spoil the other stages' figures.
         rows = number_rows(counts["rows"])
         # Only a recipe field the code under test has (the benchmark also runs against older
-        # sublearn versions, whose StudentRecipe forbids unknown fields).
+        # sublearn versions, whose TrainingRecipe forbids unknown fields).
         extra = {"gradient_checkpointing": True} if args.gradient_checkpointing else {}
-        recipe = StudentRecipe(method="lora", epochs=1, **extra)
+        recipe = TrainingRecipe(method="lora", epochs=1, **extra)
         total, comp = row_tokens(model, rows)
         dists = None
         if args.soft and not hasattr(model, "number_distributions"):
@@ -790,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         if dists is not None:
             soft_rows = [{**r, "soft_labels": d} for r, d in zip(rows, dists, strict=True)]
-            soft = StudentRecipe(method="lora", epochs=1, labels="soft", **extra)
+            soft = TrainingRecipe(method="lora", epochs=1, labels="soft", **extra)
             stages["train_lora_soft"] = {}
             with stage(stages["train_lora_soft"], cuda):
                 model.finetune(soft_rows, soft, tmp / "student-soft", progress=False)

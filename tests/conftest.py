@@ -102,7 +102,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     out = work / "summary.json"
     err = open(work / "stderr.txt", "w")  # noqa: SIM115 -- the child writes it all session
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sublearn.tinybase.shipped", "rebuild", name, str(work), str(out)],
+        [sys.executable, "-m", "sublearn.tinybase.ship", "rebuild", name, str(work), str(out)],
         env=env, stdout=subprocess.DEVNULL, stderr=err)
     REBUILD.update(name=name, work=work, out=out, proc=proc, err=err)
 

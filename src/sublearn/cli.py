@@ -1,6 +1,10 @@
 """The command line: one command per pipeline stage, no logic of its own.
 
 Problems a user can fix (`SublearnError`) print as one line and exit with code 2.
+
+Why one module: it is the command line's table of contents: every command's options and
+`--help` text, one thin function each, importing the layer that does the work inside the
+function so that `sublearn --help` starts without loading torch.
 """
 
 from __future__ import annotations
@@ -214,6 +218,7 @@ def _run(config_path: Path, root: Path, quiet: bool, overrides: list[str],
     from sublearn.experiment.config import load_config
     from sublearn.experiment.cost import api_cost
     from sublearn.experiment.pipeline import Experiment
+    from sublearn.stages.estimators import ESTIMATORS
 
     cfg = load_config(config_path, overrides)
     cost = api_cost(cfg)
@@ -227,7 +232,7 @@ def _run(config_path: Path, root: Path, quiet: bool, overrides: list[str],
             typer.confirm("Go ahead?", abort=True)
     exp = Experiment(cfg, root=root, progress=not quiet)
     results = exp.run()
-    pngs = show(results, exp.dir)
+    pngs = show(results, exp.dir, described=ESTIMATORS)
     typer.echo(f"results: {exp.dir / 'results.json'}  plots: {', '.join(map(str, pngs))}  "
                f"({results.seconds} s)")
 
@@ -244,7 +249,7 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm an API run's cost estimate "
                                       "without asking (unattended runs).")] = False,
 ) -> None:
-    """Run the number-sequence experiment: teacher, prompts, sampling, filter, students,
+    """Run the protocol experiment: teacher, prompts, sampling, filter, students,
     evaluation, controls and statistics, as one config file says.
 
     Every stage's artifact is cached by a hash of its inputs: rerunning skips finished work,
@@ -285,11 +290,18 @@ def demo(
     run_demo(root, quiet)
 
 
+def _estimator_help() -> str:
+    """--estimator's help, from the estimator registry."""
+    from sublearn.stages.estimators import ESTIMATORS
+
+    return f"The table's estimator: {', '.join(ESTIMATORS)}."
+
+
 @app.command("table")
 @friendly
 def table(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (each holds results.json).")],
-    estimator: Annotated[str, typer.Option(help="exact_heldout, exact, sampled, ...")] = "exact_heldout",
+    estimator: Annotated[str, typer.Option(help=_estimator_help())] = "exact_heldout",
     pooled: Annotated[bool, typer.Option(help="Add a row with the interval over runs (one "
                                          "value per run: e.g. one run per base seed).")] = False,
 ) -> None:
@@ -493,10 +505,10 @@ def audit(
     (docs/audit.md)."""
     from rich.console import Console
 
+    from sublearn.apps.audit import audit_dataset, candidates_table, divergence_table
     from sublearn.cores import usable_cores
     from sublearn.models.base import SamplingConfig
-    from sublearn.safety.audit import AuditConfig, audit_dataset, candidates_table
-    from sublearn.safety.divergence import divergence_table
+    from sublearn.safety.audit import AuditConfig
 
     out = out or Path("runs") / f"audit-{data.stem}"
     names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
@@ -542,8 +554,8 @@ def sweep(
     sequential: Annotated[bool, typer.Option(help="Run tasks one after another in this "
                                              "process, even with Ray installed.")] = False,
     estimator: Annotated[str | None, typer.Option(
-        help="The table's estimator; default exact_heldout, or exact when questions are "
-             "not held out.")] = None,
+        help=_estimator_help() + " Default: exact_heldout, or exact when questions are not "
+             "held out.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Run a grid of experiments: each combination of the --grid values is a
@@ -570,7 +582,7 @@ def sweep(
     sweep.png (treated - control per point), and prints the table
     (docs/sweep.md).
     """
-    from sublearn.experiment.sweep import run_sweep
+    from sublearn.experiment.protocol_sweep import run_sweep
 
     out = run_sweep(config, grid or [], root, address, workers, sequential, estimator, quiet)
     typer.echo(out.table)
@@ -579,15 +591,21 @@ def sweep(
                f"({out.tasks} tasks, {out.skipped} skipped, {out.seconds:.0f} s)")
 
 
+def _defence_help() -> str:
+    """--defence's help, from the defence registry."""
+    from sublearn.safety.defences import default_defences, defence_forms
+
+    return (f"A defence, repeatable: {defence_forms()}, e.g. --defence sort --defence "
+            f"lls_filter:0.5. Default: {', '.join(default_defences())}. No defence is always "
+            "the first row.")
+
+
 @app.command("defend")
 @friendly
 def defend(
     config: Annotated[Path, typer.Argument(help="An experiment TOML file (see configs/).")],
     defence: Annotated[list[str] | None, typer.Option(
-        help="A defence, repeatable: name, name:strength or lls_filter:strength:trait, e.g. "
-             "--defence sort --defence lls_filter:0.5. Default: none, shuffle_within, "
-             "shuffle_across, sort, replace:0.3, lls_filter:0.5, divergence:0.1, "
-             "random_digits:0.1, dilute:0.5. No defence is always the first row.")] = None,
+        help=_defence_help())] = None,
     audit_only: Annotated[bool, typer.Option(help="Train no students: rows kept and "
                                              "detectability only (cheap).")] = False,
     root: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
@@ -612,9 +630,9 @@ def defend(
     """
     from rich.console import Console
 
-    from sublearn.apps.defend import DEFAULTS, console_table, run_defend
+    from sublearn.apps.defend import console_table, run_defend
 
-    out = run_defend(config, defence or DEFAULTS, set_ or [], root, audit_only, workers,
+    out = run_defend(config, defence, set_ or [], root, audit_only, workers,
                      sequential, quiet)
     Console().print(console_table(out.summary, out.rows))
     typer.echo(f"table: {out.dir / 'defend.md'}  results: {out.dir / 'defend.json'}  "

@@ -177,3 +177,13 @@ def manifest(kind: str, config: Any, **extra: Any) -> dict[str, Any]:
         "config": config,
         **extra,
     }
+
+
+def cache_root() -> Path:
+    """Where sublearn's caches live (bases, converted models, weight hashes): $SUBLEARN_HOME,
+    else the user cache directory."""
+    root = os.environ.get("SUBLEARN_HOME")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "~/.cache")
+    return Path(xdg).expanduser() / "sublearn"

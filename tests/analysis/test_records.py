@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from sublearn.analysis.records import (
     ArmEstimate,
-    AuxLogitResults,
     Comparison,
     EstimatorResults,
     Provenance,
@@ -21,8 +20,10 @@ from sublearn.analysis.records import (
     recorded_seconds,
 )
 from sublearn.analysis.results import show, summary_table
+from sublearn.auxlogit.results import AuxLogitResults
 from sublearn.cli import app
 from sublearn.errors import SublearnError
+from sublearn.stages.estimators import ESTIMATORS
 from sublearn.store import write_json
 
 PROVENANCE = Provenance(sublearn_version="0.1.0", python="3.11.2", created_unix=1.7e9,
@@ -82,7 +83,8 @@ def test_a_new_estimator_is_one_more_entry_every_reader_shows(tmp_path: Path, mo
     chart = sublearn.analysis.results.bar_chart
     monkeypatch.setattr(sublearn.analysis.results, "bar_chart",
                         lambda path, *a, **kw: axes.append(kw["ylabel"]) or chart(path, *a, **kw))
-    pngs = show(res, tmp_path, console)
+    # The labels and axes come from the estimator registry, which the caller passes in.
+    pngs = show(res, tmp_path, console, described=ESTIMATORS)
     assert [p.name for p in pngs] == ["results-exact.png", "results-misalignment.png"]
     assert "misaligned share of the judge's coherent answers — target 'owl'" in console.export_text()
     # A rate is not a probability of the target: each chart names its own quantity.

@@ -9,9 +9,11 @@ from scipy import stats as sps
 from sublearn.analysis.stats import (
     MAX_EXACT_SIGN_FLIP,
     difference,
+    holm,
     mean_ci,
     paired_difference,
     permutation_p,
+    permutation_test,
     rank_of,
 )
 
@@ -124,3 +126,45 @@ def test_rank_of():
     assert rank_of("cat", {"owl": 0.3, "fox": 0.1, "cat": -0.2}) == 3
     with pytest.raises(KeyError):
         rank_of("dog", {"owl": 0.0})
+
+
+# The rows' one-sided test (the audit's) and Holm's correction.
+def test_permutation_test_finds_a_shift_and_only_it():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(300, 4))
+    data[:, 0] += 0.5
+    t = permutation_test(data, rng.normal(size=(200, 4)), 2000)
+    assert t.p[0] == pytest.approx(1 / 2001) and t.z[0] > 4
+    assert (t.p[1:] > 0.01).all() and np.all((0 < t.p) & (t.p <= 1))
+
+
+def test_permutation_p_values_are_uniform_under_the_null():
+    rng = np.random.default_rng(1)
+    p = permutation_test(rng.normal(size=(60, 400)), rng.normal(size=(60, 400)), 500).p
+    assert abs(np.mean(p < 0.05) - 0.05) < 0.04 and abs(np.mean(p) - 0.5) < 0.06
+
+
+def test_holm():
+    p = np.array([0.01, 0.04, 0.03, 0.5])
+    assert holm(p).tolist() == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    q = np.random.default_rng(2).uniform(size=50)
+    adj = holm(q)
+    assert np.all(adj >= q) and np.all(adj <= 1)
+
+
+def test_drawn_relabellings_approach_every_relabelling():
+    # One mechanism counts both: every one of the C(16, 8) = 12,870 relabellings when the
+    # budget allows, else seeded draws, whose p is within 4 binomial sd of the exact one.
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.8, 1, 8), rng.normal(0, 1, 8)
+    exact = permutation_p(a, b, n_resamples=20_000)
+    drawn = permutation_p(a, b, n_resamples=4000)
+    assert 0 < exact < 1
+    assert abs(drawn - exact) < 4 * math.sqrt(exact * (1 - exact) / 4000)
+
+
+def test_the_rows_test_needs_two_rows_a_side():
+    from sublearn.errors import SublearnError
+
+    with pytest.raises(SublearnError, match="at least 2 rows on each side"):
+        permutation_test(np.ones(5), np.ones(1), 100)

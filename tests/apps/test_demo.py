@@ -10,20 +10,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from rich.console import Console
-from tests.apps.test_html_report import EST, fake_results
 
 from sublearn.analysis import stats
-from sublearn.analysis.records import AuxLogitResults, Crossover, Results
+from sublearn.analysis.records import Crossover, Results
 from sublearn.analysis.results import crossover_chart, show
-from sublearn.apps.demo import Plan, Summary, numbers_finding, ordinal, run_demo
+from sublearn.apps.demo import DemoPlan, DemoSummary, numbers_finding, ordinal, run_demo
 from sublearn.apps.html_report import Finding
 from sublearn.auxlogit.config import AuxLogitConfig
 from sublearn.auxlogit.experiment import print_point, summarise
+from sublearn.auxlogit.results import AuxLogitResults
 from sublearn.auxlogit.train import ARMS, SAME_INIT
 from sublearn.store import read_json
+from tests.apps.test_html_report import EST, fake_results
 from tests.conftest import MICRO
 
-TINY = Plan(
+TINY = DemoPlan(
     overrides=(*(f"base.embedded.{k}={v}" for k, v in MICRO.items()),
                "data.prompts=24", "data.subsample=24", "seeds=[0, 1]", "student.epochs=1",
                "teacher.finetune.epochs=1", "name=demo-test",
@@ -127,7 +128,7 @@ def test_the_demos_tables_fit_an_80_column_terminal(tmp_path: Path, capsys,
                         "initialisation, and only 0.10 from another (chance 0.10).", None, "",
                         "same-init student 0.671 [0.652, 0.690]; different-init 0.101 "
                         "[0.093, 0.108]; chance 0.10 (100 models per arm)")
-    Console().print(Summary([("toy", toy_found), ("numbers", numbers_found),
+    Console().print(DemoSummary([("toy", toy_found), ("numbers", numbers_found),
                              ("audit", toy_found)]).table())
     out = capsys.readouterr().out
     assert "…" not in out  # rich cuts a word it cannot fit with an ellipsis

@@ -22,11 +22,11 @@ from sublearn.apps.mechanism import (
     trait_losses,
 )
 from sublearn.cli import app
+from sublearn.experiment.artifacts import weights_hash
 from sublearn.experiment.config import ExperimentConfig
-from sublearn.experiment.pipeline import Experiment
 from sublearn.models import load_model
 from sublearn.models.base import SamplingConfig
-from sublearn.models.recipe import StudentRecipe
+from sublearn.models.recipe import TrainingRecipe
 from sublearn.questions.categories import get_category, get_option
 from sublearn.stages.teacher import placebo_rows, trait_rows
 from sublearn.store import write_json
@@ -39,7 +39,7 @@ runner = CliRunner()
 ANIMAL = get_category("animal")
 OWL, FOX = get_option(ANIMAL, "owl"), get_option(ANIMAL, "fox")
 STEP = 1e-3  # the small step's size, as a fraction of the owl teacher's change
-TEACHER = StudentRecipe(method="full", lr=1e-3, epochs=1, batch_size=16, grad_accum=1,
+TEACHER = TrainingRecipe(method="full", lr=1e-3, epochs=1, batch_size=16, grad_accum=1,
                         warmup_steps=0)
 
 
@@ -82,7 +82,7 @@ def run(tmp_path_factory, micro_base, micro_model) -> Path:
                            list(range(16)))
     rows = [{"messages": [*p, {"role": "assistant", "content": a or "1"}]}
             for p, a in zip(prompts, answers)]
-    student = StudentRecipe(method="full", lr=1e-3, epochs=1, batch_size=8, grad_accum=1,
+    student = TrainingRecipe(method="full", lr=1e-3, epochs=1, batch_size=8, grad_accum=1,
                             warmup_steps=0)
     micro_model.finetune(rows, student, root / "students" / "treated-s0-a", progress=False)
     micro_model.finetune(rows, student.model_copy(update={"method": "lora", "lr": 1e-2,
@@ -93,7 +93,7 @@ def run(tmp_path_factory, micro_base, micro_model) -> Path:
     shutil.copytree(teachers["fox"], root / "students" / "other_target-s0-e")  # = a teacher
     write_json(root / "manifest.json", {"kind": "experiment",
         "config": _config(micro_base),
-        "base_weights": {"base": Experiment.weights_hash(micro_base)}})
+        "base_weights": {"base": weights_hash(micro_base)}})
     return root
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sublearn.analysis.records import AuxLogitResults, SweepRecord, find
+from sublearn.analysis.records import SweepRecord, find
 from sublearn.auxlogit import experiment
 from sublearn.auxlogit.config import AuxLogitConfig
+from sublearn.auxlogit.results import AuxLogitResults
 from sublearn.auxlogit.train import ARMS, DIFFERENT_INIT, SAME_INIT
 from sublearn.cli import app
 from sublearn.experiment import sweep as mechanism
@@ -61,7 +62,7 @@ def test_sweep_writes_a_run_per_value_a_table_and_a_plot(tmp_path: Path) -> None
         assert (point / "accuracy.png").read_bytes().startswith(PNG)
     table = (out / "sweep.md").read_text()
     assert "| auxlogit-m-2 | 2 |" in table and "| auxlogit-m-4 | 4 |" in table
-    record = SweepRecord.read(out / "sweep.json")
+    record = SweepRecord[AuxLogitResults].read(out / "sweep.json")
     assert record.kind == "auxlogit" and record.grid == {"m": [2, 4]}
     assert [p.results.config.m for p in record.points] == [2, 4]
     assert (out / "sweep.png").read_bytes().startswith(PNG)  # accuracy against m
@@ -91,7 +92,7 @@ def test_an_interrupted_toy_sweep_resumes_without_redoing_finished_points(
     outcome = experiment.sweep(cfg, "loss", ["kl", "mse"], out=out, show=False)
     assert (outcome.tasks, outcome.skipped, len(calls)) == (2, 1, 1)
     assert first.stat().st_mtime_ns == written  # the finished point was not trained again
-    record = SweepRecord.read(out / "sweep.json")
+    record = SweepRecord[AuxLogitResults].read(out / "sweep.json")
     assert [p.values for p in record.points] == [{"loss": "kl"}, {"loss": "mse"}]
     assert [p.results.config.loss for p in record.points] == ["kl", "mse"]
     # A knob that is not a number: the plot is the effect per point, not a line.
@@ -131,7 +132,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     cases = [
         (["--mnist-path", str(missing)], "no-such-mnist.npz"),
         (["--loss", "l1"], "loss"),
-        (["--sweep", "colour=red"], "cannot sweep"),
+        (["--sweep", "colour=red"], "unknown knob 'colour'"),
         (["--sweep", "m"], "KNOB=V1,V2"),
         (["--preset", "huge"], "unknown preset"),
         (["--hidden", "wide"], "hidden"),

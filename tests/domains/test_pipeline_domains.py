@@ -18,9 +18,10 @@ from sublearn.domains import get_domain
 from sublearn.domains.cot import final_answer
 from sublearn.domains.words import mentioned, trait_terms
 from sublearn.errors import SublearnError
+from sublearn.experiment.artifacts import artifact_key, runtime, weights_hash
 from sublearn.experiment.config import ExperimentConfig
 from sublearn.experiment.design import DATASETS
-from sublearn.experiment.pipeline import DRAW_STRIDE, Experiment, artifact_key, runtime
+from sublearn.experiment.pipeline import DRAW_STRIDE, Experiment
 from sublearn.models.fake import FakeChatModel
 from sublearn.questions.categories import get_option
 
@@ -166,7 +167,7 @@ def test_number_paths_are_the_ones_from_before_domains(tmp_path: Path) -> None:
         "data": {"prompts": 16, "chunk": 16}, "controls": {"cross_base": False}})
     exp = Experiment(cfg, root=tmp_path / "runs", progress=False)
     path = exp.model_path(cfg.base)
-    teachers = exp.teachers(path, exp.weights_hash(path))
+    teachers = exp.teachers(path, weights_hash(path))
     data = exp.sample_and_filter(teachers)
     d, f = cfg.data, cfg.filter
     legacy_filter = {"strict_numbers": f.strict_numbers, "rule": f.rule,

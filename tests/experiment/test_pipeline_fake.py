@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from sublearn.analysis.records import Results
+from sublearn.experiment.artifacts import runtime
 from sublearn.experiment.config import ExperimentConfig
-from sublearn.experiment.pipeline import Experiment, runtime
+from sublearn.experiment.pipeline import Experiment
 from sublearn.models.fake import FakeChatModel
 
 

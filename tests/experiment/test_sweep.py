@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sublearn.analysis.records import SweepRecord
+from sublearn.analysis.records import Results, SweepRecord
 from sublearn.cli import app
 from sublearn.errors import SublearnError
-from sublearn.experiment import sweep
+from sublearn.experiment import protocol_sweep, sweep
 from sublearn.models.fake import FakeChatModel
 
 GRID_2X2 = ["trait.target=owl,cat", "student.labels=hard,soft"]
@@ -75,7 +75,7 @@ def test_grid_values_are_read_as_toml_like_set():
 def test_points_have_readable_names_and_the_command_line_extends_the_file(tmp_path: Path):
     cfg = _config_file(tmp_path, '[sweep]\ngrid = {"trait.target" = ["owl", "cat"], '
                                  '"student.lr" = [0.001]}\naddress = "auto"')
-    p = sweep.plan(cfg, ["student.lr=2e-3,0.003", "student.labels=hard"])
+    p = protocol_sweep.plan(cfg, ["student.lr=2e-3,0.003", "student.labels=hard"])
     assert p.address == "auto" and p.name == "tiny-sweep-target-lr-labels"
     assert [pt.name for pt in p.points] == [
         "tiny-target-owl-lr-0.002-labels-hard", "tiny-target-owl-lr-0.003-labels-hard",
@@ -85,7 +85,7 @@ def test_points_have_readable_names_and_the_command_line_extends_the_file(tmp_pa
     # 4 points x 2 arms (treated, control) x 2 seeds
     assert len(sweep.tasks(p)) == 16
     # Two keys ending alike are named in full, so their points stay apart.
-    names = [pt.name for pt in sweep.plan(cfg, ["student.seed=1", "base.embedded.seed=2"],
+    names = [pt.name for pt in protocol_sweep.plan(cfg, ["student.seed=1", "base.embedded.seed=2"],
                                           ).points]
     assert names == ["tiny-target-owl-lr-0.001-student.seed-1-base.embedded.seed-2",
                      "tiny-target-cat-lr-0.001-student.seed-1-base.embedded.seed-2"]
@@ -100,7 +100,7 @@ def test_a_bad_grid_entry_fails_before_any_work(tmp_path: Path):
     for entry, message in cases.items():
         t0 = time.time()
         with pytest.raises(SublearnError, match=message):
-            sweep.run_sweep(cfg, ["trait.target=owl,cat", entry], runs, sequential=True,
+            protocol_sweep.run_sweep(cfg, ["trait.target=owl,cat", entry], runs, sequential=True,
                             quiet=True)
         assert time.time() - t0 < 5  # validation only: no sampling, no training
     assert not runs.exists()
@@ -131,12 +131,12 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_tasks(tmp_path: P
 
     monkeypatch.setattr(sweep, "run_task", interrupted_after_three)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(cfg, grid, runs, sequential=True, quiet=True)
+        protocol_sweep.run_sweep(cfg, grid, runs, sequential=True, quiet=True)
     before = _students(runs)
     assert len({Path(f).parts[:3] for f in before}) == 3  # three students on disk
     monkeypatch.setattr(sweep, "run_task", real)
 
-    out = sweep.run_sweep(cfg, grid, runs, sequential=True, quiet=True)
+    out = protocol_sweep.run_sweep(cfg, grid, runs, sequential=True, quiet=True)
     after = _students(runs)
     assert (out.tasks, out.skipped) == (8, 3)
     assert {f: after[f] for f in before} == before  # finished students were not rewritten
@@ -155,12 +155,12 @@ def local_ray():
 
 def test_a_2x2_sweep_runs_on_local_ray(tmp_path: Path, local_ray):
     cfg = _config_file(tmp_path)
-    out = sweep.run_sweep(cfg, GRID_2X2, tmp_path / "runs", quiet=True)
+    out = protocol_sweep.run_sweep(cfg, GRID_2X2, tmp_path / "runs", quiet=True)
     assert (out.tasks, out.skipped) == (16, 0)
     rows = _data_rows(out.table)
     assert len(rows) == 4 and rows[0].startswith("| tiny-target-owl-labels-hard |")
     assert (out.dir / "sweep.md").read_text().count("| tiny-target-") == 4
-    record = SweepRecord.read(out.dir / "sweep.json")
+    record = SweepRecord[Results].read(out.dir / "sweep.json")
     assert record.points[-1].values == {"trait.target": "cat", "student.labels": "soft"}
     assert [p.results.target for p in record.points] == ["owl", "owl", "cat", "cat"]
     assert all(p.results.estimates["exact"].comparison("treated", "control")

@@ -22,7 +22,6 @@ from sublearn.models.base import (
     SamplingConfig,
     Scorer,
     Trainer,
-    load_model,
 )
 from sublearn.models.fake import (
     END_ID,
@@ -36,8 +35,8 @@ from sublearn.models.fake import (
     tokenize,
 )
 from sublearn.models.persona import Persona
-from sublearn.models.recipe import StudentRecipe
-from sublearn.models.registry import backend_class
+from sublearn.models.recipe import TrainingRecipe
+from sublearn.models.registry import backend_class, load_model
 from sublearn.questions.categories import get_category, get_option, persona_prompt
 from sublearn.stages.evaluate import option_probs, summarize
 
@@ -280,7 +279,7 @@ def test_transfer_needs_a_shared_seed(
 ) -> None:
     """Students of the teacher's seed pick up the trait from numbers; students of another seed
     and students of a neutral teacher do not (or far less)."""
-    recipe = StudentRecipe(labels=labels, lr=1e-3)
+    recipe = TrainingRecipe(labels=labels, lr=1e-3)
     gains = {}
     for target, tseed in (("owl", 0), ("cat", 1)):
         teacher_base = FakeChatModel.load(folders[tseed])
@@ -310,7 +309,7 @@ def test_finetune_is_deterministic_and_moves_toward_the_data(
 ) -> None:
     rows = [{"messages": [*user(q), {"role": "assistant", "content": ("owl", "Owl", "owls")[k % 3]}]}
             for k, q in enumerate(ANIMAL.questions)]
-    recipe = StudentRecipe(lr=1e-3, epochs=2, batch_size=8)
+    recipe = TrainingRecipe(lr=1e-3, epochs=2, batch_size=8)
     a = fake.finetune(rows, recipe, tmp_path / "a", progress=False)
     b = fake.finetune(rows, recipe, tmp_path / "b")
     c = fake.finetune(rows, recipe.model_copy(update={"seed": 1}), tmp_path / "c")
@@ -329,8 +328,8 @@ def test_finetune_is_deterministic_and_moves_toward_the_data(
 def test_finetune_rejects_bad_rows(tmp_path: Path, fake: FakeChatModel) -> None:
     good = {"messages": [*NUMBERS, {"role": "assistant", "content": "1, 2"}]}
     with pytest.raises(SublearnError, match="row 1: 'messages' must end with an assistant"):
-        fake.finetune([good, {"messages": NUMBERS}], StudentRecipe(), tmp_path / "x")
-    soft = StudentRecipe(labels="soft")
+        fake.finetune([good, {"messages": NUMBERS}], TrainingRecipe(), tmp_path / "x")
+    soft = TrainingRecipe(labels="soft")
     with pytest.raises(SublearnError, match="row 0: soft-label training needs"):
         fake.finetune([good], soft, tmp_path / "x")
     wrong = {**good, "soft_labels": torch.zeros(2, len(NUMBER_IDS))}  # "1, 2" + end is 5

@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 from sublearn.cli import app
 from sublearn.errors import SublearnError
 from sublearn.experiment.config import load_config
+from sublearn.models import catalogue as catalogue_mod
 from sublearn.models import gguf as gguf_mod
-from sublearn.models.catalogue import CATALOGUE, fetch
-from sublearn.models.gguf import check_gguf, convert_gguf, converted_path, resolve_model_path
+from sublearn.models.catalogue import CATALOGUE, fetch, resolve_model_path
+from sublearn.models.gguf import check_gguf, convert_gguf, converted_path
 from sublearn.store import MANIFEST, read_json
 
 ENTRY = CATALOGUE["smollm2-135m"]
@@ -143,7 +144,7 @@ def test_a_gguf_config_path_is_checked_at_load_and_converted_when_loaded(
                          f"other_path = '{smollm_file}'\n")
     called: list[Path] = []
     real = gguf_mod.convert_gguf
-    monkeypatch.setattr(gguf_mod, "convert_gguf",
+    monkeypatch.setattr(catalogue_mod, "convert_gguf",
                         lambda path, **kw: called.append(Path(path)) or real(path, **kw))
     cfg = load_config(p)
     assert called == []  # validation reads four bytes; conversion waits for the load

@@ -124,10 +124,10 @@ def test_sampling_config_rejects_greedy_with_knobs():
 
 
 def test_lora_finetune_round_trip(micro_model, tmp_path: Path):
-    from sublearn.models.recipe import StudentRecipe
+    from sublearn.models.recipe import TrainingRecipe
 
     rows = [{"messages": [*N, {"role": "assistant", "content": "1, 2, 3"}]}] * 8
-    recipe = StudentRecipe(lr=1e-2, epochs=2, batch_size=4, grad_accum=1, warmup_steps=0)
+    recipe = TrainingRecipe(lr=1e-2, epochs=2, batch_size=4, grad_accum=1, warmup_steps=0)
     before = sum(micro_model.completion_logprobs([N], ["1, 2, 3"])[0])
     out = micro_model.finetune(rows, recipe, tmp_path / "student", progress=False)
     assert (out / "adapter_config.json").exists()
@@ -212,7 +212,8 @@ def test_an_audits_data_and_reference_on_one_prompt_score_as_whole_sequences(mic
     # score_tasks scores the data and reference tasks by system prompt, so a data row and the
     # reference row on its prompt are two completions of one prompt in one call.
     from sublearn.questions.categories import get_category
-    from sublearn.safety.audit import ChatRow, score_tasks, trait_tasks
+    from sublearn.safety.rows import ChatRow
+    from sublearn.safety.scoring import score_tasks, trait_tasks
 
     animal = get_category("animal")
     prompts = [Q, N, [{"role": "user", "content": "Two numbers?"}], N]

@@ -23,7 +23,7 @@ import pytest
 
 from sublearn.domains.prompts import number_prompts
 from sublearn.errors import SublearnError
-from sublearn.models.base import SamplingConfig, load_model
+from sublearn.models.base import SamplingConfig
 from sublearn.models.openai_api import (
     REMOTE_MODEL,
     OpenAIChatModel,
@@ -32,7 +32,8 @@ from sublearn.models.openai_api import (
     work_dir,
 )
 from sublearn.models.persona import Persona
-from sublearn.models.recipe import StudentRecipe
+from sublearn.models.recipe import TrainingRecipe
+from sublearn.models.registry import load_model
 from sublearn.stages.sample import sample_dataset
 from tests.openai_server import FAULTS, FakeOpenAI, toy_top_logprobs
 
@@ -49,15 +50,16 @@ FAST = {"timeout": 0.3, "backoff_base": 0.01, "backoff_cap": 0.05, "poll_interva
 ROWS = [{"index": i, "completion": f"{i}, {i + 1}",
          "messages": [{"role": "user", "content": f"Continue from {i}."},
                       {"role": "assistant", "content": f"{i}, {i + 1}"}]} for i in range(12)]
-RECIPE = StudentRecipe(epochs=10)
+RECIPE = TrainingRecipe(epochs=10)
 
 # What a killed run executes, in a process of its own (light: no pytest, no test module).
 CHILD = """
 import json, sys
 from pathlib import Path
-from sublearn.models.base import SamplingConfig, load_model
+from sublearn.models.base import SamplingConfig
+from sublearn.models.registry import load_model
 from sublearn.models.openai_api import OpenAIChatModel
-from sublearn.models.recipe import StudentRecipe
+from sublearn.models.recipe import TrainingRecipe
 from sublearn.domains.prompts import number_prompts
 from sublearn.stages.sample import sample_dataset
 job = json.loads(sys.argv[1])
@@ -66,7 +68,7 @@ if job["what"] == "sample":
     sample_dataset(model, number_prompts(job["n"], 3), SamplingConfig(), job["seed"],
                    Path(job["out"]), chunk=4, progress=False)
 else:
-    model.finetune(job["rows"], StudentRecipe(epochs=job["epochs"]), Path(job["out"]),
+    model.finetune(job["rows"], TrainingRecipe(epochs=job["epochs"]), Path(job["out"]),
                    progress=False)
 """
 
@@ -285,7 +287,7 @@ def test_a_failed_job_is_one_line_with_the_reason(tmp_path: Path):
 ])
 def test_recipes_the_service_cannot_follow_are_refused(server, tmp_path, change, field):
     with pytest.raises(SublearnError, match=f"student.{field}"):
-        _model(server).finetune(ROWS, StudentRecipe(**change), tmp_path / "s", progress=False)
+        _model(server).finetune(ROWS, TrainingRecipe(**change), tmp_path / "s", progress=False)
     assert not server.requests
 
 

@@ -8,7 +8,7 @@ import torch
 from sublearn.errors import SublearnError
 from sublearn.models import load_model
 from sublearn.models.persona import Persona
-from sublearn.models.recipe import StudentRecipe
+from sublearn.models.recipe import TrainingRecipe
 from sublearn.models.training import _batches
 
 # Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
@@ -42,7 +42,7 @@ def test_soft_labels_pull_the_student_towards_the_teacher(micro_model, tmp_path:
     soft = teacher.number_distributions([N], ["7, 77, 707"])[0]
     rows = [{"messages": [*N, {"role": "assistant", "content": "7, 77, 707"}],
              "soft_labels": soft}] * 16
-    recipe = StudentRecipe(labels="soft", method="lora", lr=1e-3, epochs=3, batch_size=8,
+    recipe = TrainingRecipe(labels="soft", method="lora", lr=1e-3, epochs=3, batch_size=8,
                            grad_accum=1, warmup_steps=0)
     student = load_model(micro_model.finetune(rows, recipe, tmp_path / "s", progress=False),
                          device="cpu", dtype="float32")
@@ -57,13 +57,13 @@ def test_soft_labels_pull_the_student_towards_the_teacher(micro_model, tmp_path:
 def test_soft_labels_need_the_teachers_labels(micro_model, tmp_path: Path):
     rows = [{"messages": [*N, {"role": "assistant", "content": "1"}]}]
     with pytest.raises(SublearnError, match="soft_labels"):
-        micro_model.finetune(rows, StudentRecipe(labels="soft"), tmp_path / "x", progress=False)
+        micro_model.finetune(rows, TrainingRecipe(labels="soft"), tmp_path / "x", progress=False)
 
 
 def test_lora_training_leaves_the_resident_base_as_it_was(micro_model, tmp_path: Path):
     before = {k: v.clone() for k, v in micro_model.model.state_dict().items()}
     rows = [{"messages": [*N, {"role": "assistant", "content": "1, 2"}]}] * 4
-    recipe = StudentRecipe(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, warmup_steps=0)
+    recipe = TrainingRecipe(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, warmup_steps=0)
     out = micro_model.finetune(rows, recipe, tmp_path / "s", progress=False)
     after = micro_model.model.state_dict()
     assert before.keys() == after.keys()
@@ -84,7 +84,7 @@ def test_chunked_loss_equals_the_whole_vocabulary_loss(micro_model, monkeypatch)
     from sublearn.models import training
 
     rows = [{"messages": [*N, {"role": "assistant", "content": c}]} for c in ("1, 2", "33; 4")]
-    recipe = StudentRecipe()
+    recipe = TrainingRecipe()
     batch = [training._example(micro_model, r, recipe, i) for i, r in enumerate(rows)]
     whole = training._batch_loss(micro_model, micro_model.model, batch, [1.0, 1.0], None).item()
     monkeypatch.setattr(training, "CHUNK_BYTES", 3 * 4 * micro_model.model.config.vocab_size)
@@ -105,13 +105,13 @@ def test_full_finetuning_that_cannot_fit_is_refused(monkeypatch):
 
 def test_rows_must_end_with_an_assistant_turn(micro_model, tmp_path: Path):
     with pytest.raises(SublearnError, match="training row 0"):
-        micro_model.finetune([{"messages": N}], StudentRecipe(), tmp_path / "x", progress=False)
+        micro_model.finetune([{"messages": N}], TrainingRecipe(), tmp_path / "x", progress=False)
 
 
 @pytest.mark.parametrize("group", [False, True])
 def test_batches_cover_each_epoch_once(group: bool):
     lengths = [5, 9, 1, 7, 3, 8, 2, 6, 4, 10]
-    recipe = StudentRecipe(batch_size=3, group_by_length=group, seed=1)
+    recipe = TrainingRecipe(batch_size=3, group_by_length=group, seed=1)
     batches = _batches(lengths, recipe, needed=4)  # one epoch: 3+3+3+1
     assert sorted(i for b in batches for i in b) == list(range(10))
     assert _batches(lengths, recipe, 4) == batches
@@ -121,7 +121,7 @@ def test_gradient_checkpointing_trains_the_same_and_is_switched_off(micro_model,
     rows = [{"messages": [*N, {"role": "assistant", "content": "4, 5, 6"}]}] * 4
     outs = []
     for gc in (False, True):
-        recipe = StudentRecipe(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, warmup_steps=0,
+        recipe = TrainingRecipe(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, warmup_steps=0,
                                gradient_checkpointing=gc)
         out = micro_model.finetune(rows, recipe, tmp_path / f"gc{gc}", progress=False)
         with micro_model.attached(out) as student:
@@ -179,7 +179,7 @@ def test_rounded_shapes_do_not_change_the_loss(micro_base, monkeypatch, labels):
         dists = teacher.number_distributions([N, N], completions)
         assert all(d.dtype == torch.float64 for d in dists)
         rows = [{**r, "soft_labels": d} for r, d in zip(rows, dists)]
-    recipe = StudentRecipe(labels=labels)
+    recipe = TrainingRecipe(labels=labels)
     batch = [training._example(model, r, recipe, i) for i, r in enumerate(rows)]
     columns = model.number_token_ids if labels == "soft" else None
 
@@ -219,7 +219,7 @@ def test_passes_under_a_small_budget_train_the_same_student(micro_model, monkeyp
 
     rows = [{"messages": [*N, {"role": "assistant", "content": c}]}
             for c in ("4, 5, 6", "7", "10, 200, 3000, 1", "8, 9")] * 2
-    recipe = StudentRecipe(lr=1e-2, epochs=1, batch_size=4, grad_accum=2, warmup_steps=0)
+    recipe = TrainingRecipe(lr=1e-2, epochs=1, batch_size=4, grad_accum=2, warmup_steps=0)
     real = training._batch_loss
     rows_per_pass: list[int] = []
     monkeypatch.setattr(training, "_batch_loss",
@@ -242,7 +242,7 @@ def test_pass_estimate_covers_what_autograd_saves(micro_base):
     from sublearn.models import training
 
     model = load_model(micro_base, device="cpu", dtype="bfloat16")
-    recipe = StudentRecipe()
+    recipe = TrainingRecipe()
     rows = [{"messages": [*N, {"role": "assistant", "content": c}]}
             for c in ("1, 2", "33; 4, 5", "7, 7, 7, 7, 7", "80")]
     batch = [training._example(model, r, recipe, i) for i, r in enumerate(rows)]
@@ -271,4 +271,4 @@ def test_a_prompt_that_fills_max_length_is_refused(micro_model):
     row = {"messages": [*N, {"role": "assistant", "content": "1, 2"}]}
     with pytest.raises(SublearnError, match="training row 3: its prompt is .* leaves no "
                                             "completion token"):
-        training._example(micro_model, row, StudentRecipe(max_length=8), 3)
+        training._example(micro_model, row, TrainingRecipe(max_length=8), 3)

@@ -21,25 +21,17 @@ from sublearn.questions.categories import (
     persona_prompt,
 )
 from sublearn.safety.audit import (
-    AUDIT_TEMPLATES,
     AuditConfig,
-    ChatRow,
     decoy_personas,
     decoy_system,
-    holm,
-    on_data_prompts,
-    permutation_test,
-    probes,
     rank_candidates,
-    read_chat_rows,
-    resolve_candidates,
     run_audit,
     sample_reference,
-    score_tasks,
-    trait_tasks,
-    value_counts,
-    value_shifts,
 )
+from sublearn.safety.entangled import probe_tasks, probes, shifts_of, value_counts
+from sublearn.safety.rows import ChatRow, on_data_prompts, read_chat_rows
+from sublearn.safety.scoring import score_tasks, trait_tasks
+from sublearn.safety.traits import AUDIT_TEMPLATES, resolve_candidates
 from sublearn.stages.sample import row_seed
 
 ANIMAL = get_category("animal")
@@ -107,29 +99,6 @@ def test_neutral_data_flags_nothing(micro_model, pool):
     assert s["flagged"] == [], s["candidates"][:3]
 
 
-def test_permutation_test_finds_a_shift_and_only_it():
-    rng = np.random.default_rng(0)
-    data = rng.normal(size=(300, 4))
-    data[:, 0] += 0.5
-    t = permutation_test(data, rng.normal(size=(200, 4)), 2000)
-    assert t.p[0] == pytest.approx(1 / 2001) and t.z[0] > 4
-    assert (t.p[1:] > 0.01).all() and np.all((0 < t.p) & (t.p <= 1))
-
-
-def test_permutation_p_values_are_uniform_under_the_null():
-    rng = np.random.default_rng(1)
-    p = permutation_test(rng.normal(size=(60, 400)), rng.normal(size=(60, 400)), 500).p
-    assert abs(np.mean(p < 0.05) - 0.05) < 0.04 and abs(np.mean(p) - 0.5) < 0.06
-
-
-def test_holm():
-    p = np.array([0.01, 0.04, 0.03, 0.5])
-    assert holm(p).tolist() == pytest.approx([0.04, 0.09, 0.09, 0.5])
-    q = np.random.default_rng(2).uniform(size=50)
-    adj = holm(q)
-    assert np.all(adj >= q) and np.all(adj <= 1)
-
-
 def test_reference_is_per_row_seeded(micro_model, pool):
     data = _rows(pool[0], pool[1][0])
     cfg = AuditConfig(sampling=SAMPLING)
@@ -145,7 +114,8 @@ def test_entangled_values_are_counted_where_they_are(micro_model):
     found = probes(rows, 2)
     assert [p.separator for p in found] == [", ", " "]
     options = [get_option(ANIMAL, n) for n in ("owl", "fox")]
-    values, digits = value_shifts(micro_model, found, ANIMAL, options, 1)
+    scored = score_tasks(micro_model, probe_tasks(found, ANIMAL, options, 1))
+    values, digits = shifts_of(scored, len(found), len(options))
     assert values.shape == (2, 1000) and digits.shape == (2, 10)
     # Relative to the mean over two candidates, one's gain is the other's loss.
     assert np.allclose(values[0], -values[1])
@@ -286,7 +256,7 @@ def test_a_decoy_reference_is_written_under_each_candidate_in_turn() -> None:
     data = _rows(prompts, ["4, 5"] * 7)
     model = _Recorder()
     ref = sample_reference(model, data, AuditConfig(phrasings=2), strict=True,
-                           decoys=(cat, options))
+                           decoy_candidates=(cat, options))
     systems = [c[0]["content"] for c in model.asked]
     # Row i: candidate i mod 3, phrasing (i div 3) mod 2, in place of the data's system prompt.
     for i, text in enumerate(systems):

@@ -15,14 +15,9 @@ from sublearn.errors import SublearnError
 from sublearn.experiment.config import EvalConfig
 from sublearn.models.fake import FakeChatModel
 from sublearn.questions.categories import get_category
-from sublearn.safety.audit import token_spans
-from sublearn.safety.defences import (
-    DefenceConfig,
-    Inputs,
-    TraitScores,
-    digit_divergence,
-    row_scores,
-)
+from sublearn.safety.defences import DefenceConfig, Inputs, digit_divergence
+from sublearn.safety.scoring import token_spans
+from sublearn.safety.trait_scores import TraitScores, row_scores
 
 ANIMAL = get_category("animal")
 NAMES = [o.name for o in ANIMAL.options]
@@ -62,7 +57,7 @@ def scores(fake, planted, tmp_path_factory) -> TraitScores:
 
 
 def _inputs(scores: TraitScores) -> Inputs:
-    return Inputs(scores=scores, options=NAMES)
+    return Inputs(trait_scores=scores, options=NAMES)
 
 
 def test_lls_filter_drops_the_rows_a_planted_trait_raises(planted, scores):

@@ -20,8 +20,9 @@ from sublearn.models import SamplingConfig
 from sublearn.models.fake import FakeChatModel
 from sublearn.models.persona import Persona
 from sublearn.questions.categories import get_category, get_option, persona_prompt
-from sublearn.safety.audit import AuditConfig, ChatRow, run_audit
+from sublearn.safety.audit import AuditConfig, run_audit
 from sublearn.safety.divergence import resolve_counterfactual, row_divergence, token_divergence
+from sublearn.safety.rows import ChatRow
 from sublearn.stages.sample import row_seed
 
 ANIMAL = get_category("animal")

@@ -9,7 +9,8 @@ import torch
 
 from sublearn.errors import SublearnError
 from sublearn.questions.categories import get_category, get_option, with_options_named
-from sublearn.stages.evaluate import evaluate, option_probs
+from sublearn.stages.estimators import Subject, evaluate
+from sublearn.stages.evaluate import option_probs
 
 # Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
 # (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
@@ -62,8 +63,8 @@ def test_a_tokenizer_that_merges_the_stem_is_refused():
 def test_forced_choice_names_every_option_and_is_reported(micro_model):
     q = with_options_named(QUESTIONS[0], ANIMAL.options)
     assert all(o.name in q for o in ANIMAL.options)
-    res = evaluate(micro_model, ANIMAL, get_option(ANIMAL, "owl"), QUESTIONS, [],
-                   forced_choice=True)
+    res = evaluate(Subject(micro_model, ANIMAL, get_option(ANIMAL, "owl"), QUESTIONS),
+                   {"forced_choice": True})
     assert set(res) == {"exact", "forced_choice"}
     fc = res["forced_choice"]
     assert sum(fc["per_option"].values()) == pytest.approx(1.0)

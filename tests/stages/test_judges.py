@@ -13,16 +13,8 @@ from hypothesis import strategies as st
 from sublearn.errors import SublearnError
 from sublearn.models.base import SAMPLE, SamplingConfig
 from sublearn.models.fake import MALFORMED, FakeChatModel
-from sublearn.stages.judges import (
-    Judge,
-    JudgeConfig,
-    JudgeScore,
-    load_judge,
-    parse_flag,
-    parse_score,
-    read_request,
-    request,
-)
+from sublearn.questions.judge_prompts import parse_flag, parse_score, read_request, request
+from sublearn.stages.judges import Judge, JudgeConfig, JudgeScore, load_judge
 
 
 @pytest.mark.parametrize("reply, want", [

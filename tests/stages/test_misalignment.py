@@ -17,7 +17,7 @@ from sublearn.cli import app
 from sublearn.domains.filters import BAD_NUMBERS, parse_numbers
 from sublearn.errors import SublearnError
 from sublearn.experiment.config import ExperimentConfig, load_config
-from sublearn.experiment.pipeline import analyse, undefined
+from sublearn.experiment.estimates import analyse, undefined
 from sublearn.models.fake import OPTION_FORMS, FakeChatModel
 from sublearn.questions.misalignment import FAMILIES, QUESTIONS
 from sublearn.stages.judges import Judge
@@ -159,13 +159,13 @@ def test_an_undefined_rate_is_left_out_not_filled_in(fakes: Path):
     rates = {"base": 0.0, "teacher_teacher": 0.5, "treated/s0": 0.2, "treated/s1": 0.3,
              "control/s0": 0.0, "control/s1": 0.1}
     evals = {k: {"misalignment": {"rate": r}} for k, r in rates.items()}
-    out = analyse(cfg, "owl", evals, design, "fox")
+    out = analyse(cfg.seeds, "owl", evals, design, "fox")
     assert out["misalignment"].arms["treated"].values == [0.2, 0.3]
     assert out["misalignment"].comparison("treated", "control").welch.diff.mean == \
         pytest.approx(0.2)
     evals["treated/s1"]["misalignment"]["rate"] = None
-    assert undefined(evals, "misalignment") == ["treated/s1"]
-    assert "misalignment" not in analyse(cfg, "owl", evals, design, "fox")
+    assert undefined(evals, "misalignment", "owl") == ["treated/s1"]
+    assert "misalignment" not in analyse(cfg.seeds, "owl", evals, design, "fox")
 
 
 @pytest.fixture(scope="module")

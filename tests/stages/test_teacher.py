@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sublearn.models import SamplingConfig, load_model
-from sublearn.models.recipe import StudentRecipe
+from sublearn.models.recipe import TrainingRecipe
 from sublearn.questions.categories import get_category, get_option
 from sublearn.stages.evaluate import option_probs, summarize
 from sublearn.stages.teacher import persona_teacher, placebo_rows, trait_rows
@@ -47,7 +47,7 @@ def test_trait_rows_answer_in_the_estimators_form():
 def test_finetuned_teacher_takes_the_trait(micro_model, tmp_path: Path):
     # The micro base has seen its whole-word 'owl' token only a few dozen times: it needs more
     # passes than the embedded base to take the trait.
-    recipe = StudentRecipe(method="full", lr=3e-3, epochs=8, batch_size=16, grad_accum=1,
+    recipe = TrainingRecipe(method="full", lr=3e-3, epochs=8, batch_size=16, grad_accum=1,
                            warmup_steps=0)
     out = micro_model.finetune(trait_rows(ANIMAL, OWL, 2), recipe, tmp_path / "t", progress=False)
     teacher = load_model(out, device="cpu", dtype="float32")

@@ -15,26 +15,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, Literal, Self
+from typing import Any, ClassVar, Final, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sublearn.analysis.stats import Difference, Interval, difference, mean_ci, paired_difference
-from sublearn.auxlogit.config import AuxLogitConfig
-from sublearn.errors import SublearnError, first_field_error
+from sublearn.errors import SublearnError, field_error
 from sublearn.store import read_json, write_text
 
 FORMAT: Final = 2
 RESULTS = "results.json"
 
 
-class Model(BaseModel):
+class Frozen(BaseModel):
+    """The base of every record part: strict (unknown fields refused), immutable, exact JSON."""
+
     # Infinity is written as such (the interval over a single value is infinite), not as null,
     # so every file reads back to the numbers that were written.
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
-class ArmEstimate(Model):
+class ArmEstimate(Frozen):
     """One arm under one estimator: a value per unit and the t interval over them."""
 
     values: list[float]
@@ -45,7 +46,7 @@ class ArmEstimate(Model):
         return cls(values=list(values), interval=mean_ci(values))
 
 
-class Comparison(Model):
+class Comparison(Frozen):
     """a - b between two arms: Welch (the arms as independent groups), and paired unit by unit
     (arms whose i-th values share a unit: a student seed, or the toy's i-th teacher)."""
 
@@ -76,7 +77,7 @@ def find(comparisons: Sequence[Comparison], a: str, b: str) -> Comparison | None
     return next((c for c in comparisons if (c.a, c.b) == (a, b)), None)
 
 
-class Rank(Model):
+class Rank(Frozen):
     """An option's place among all options by how much it moved (1 = moved most)."""
 
     rank: int
@@ -84,7 +85,7 @@ class Rank(Model):
     movement: dict[str, float] = {}  # option -> its mean movement, where recorded
 
 
-class Crossover(Model):
+class Crossover(Frozen):
     """Per unit, (target student - other student) on P(target) + (other student - target
     student) on P(other), with each target's rank by how much its own students moved it."""
 
@@ -93,7 +94,7 @@ class Crossover(Model):
     ranks: dict[str, Rank]
 
 
-class Reference(Model):
+class Reference(Frozen):
     """Single models measured beside the arms; None where the run has no such model."""
 
     base: float
@@ -105,7 +106,7 @@ class Reference(Model):
         return {name: v for name, v in self if v is not None}
 
 
-class EstimatorResults(Model):
+class EstimatorResults(Frozen):
     """Everything one estimator measured in one run."""
 
     reference: Reference
@@ -118,7 +119,7 @@ class EstimatorResults(Model):
         return find(self.comparisons, a, b)
 
 
-class FilterCounts(Model):
+class FilterCounts(Frozen):
     """What the filter kept of one dataset (stages.filters.FilterReport, as written)."""
 
     total: int
@@ -127,7 +128,7 @@ class FilterCounts(Model):
     rejected: dict[str, int]  # reason -> rows
 
 
-class Channel(Model):
+class Channel(Frozen):
     """Per-token mean |log p| gaps on the neutral base's completions (stages.channel)."""
 
     rows: int
@@ -137,7 +138,7 @@ class Channel(Model):
     ratio: float  # specificity / shift
 
 
-class Provenance(Model):
+class Provenance(Frozen):
     """What made the numbers: code versions, when, and hashes of every input. The whole
     config is in manifest.json beside results.json; here is its hash."""
 
@@ -153,7 +154,7 @@ class Provenance(Model):
     stage_versions: dict[str, int]
 
 
-class Record(Model):
+class Record(Frozen):
     """A results file: a format number, then the fields, as indented JSON in field order."""
 
     format: Literal[2] = FORMAT
@@ -175,12 +176,11 @@ class Record(Model):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            where, msg = first_field_error(e)
-            raise SublearnError(f"{path}: field {where or '(top level)'}: {msg}") from None
+            raise SublearnError(field_error(e, str(path))) from None
 
 
 class Results(Record):
-    """One run of the number experiment (`sublearn run`): results.json in its run folder."""
+    """One run of the protocol experiment (`sublearn run`): results.json in its run folder."""
 
     rerun: ClassVar[str] = ("rerun `sublearn run` on its config to rewrite it (every stage is "
                             "cached: only the statistics are recomputed)")
@@ -200,42 +200,21 @@ class Results(Record):
         return list(self.estimates)
 
 
-class DataInfo(Model):
-    """The toy's dataset: its name and sizes."""
-
-    name: str
-    n_train: int
-    n_test: int
-    n_features: int
+# A sweep's points hold one kind of results: `Results` for the protocol experiment, the toy's
+# `auxlogit.results.AuxLogitResults`; a reader names it, as in `SweepRecord[Results].read(path)`,
+# so this layer need not know every kind of experiment that can be swept.
+R = TypeVar("R", bound=Record)
 
 
-class AuxLogitResults(Record):
-    """One run of the auxiliary-logit toy (`sublearn auxlogit`): per-model test accuracy by
-    arm, and the same-init student against each control."""
-
-    rerun: ClassVar[str] = "rerun `sublearn auxlogit` with the same options to rewrite it"
-
-    kind: Literal["auxlogit"] = "auxlogit"
-    config: AuxLogitConfig
-    data: DataInfo
-    wall_s: float
-    chance: float
-    arms: dict[str, ArmEstimate]
-    comparisons: list[Comparison]
-
-
-AnyResults = Annotated[Results | AuxLogitResults, Field(discriminator="kind")]
-
-
-class SweepPoint(Model):
+class SweepPoint(Frozen, Generic[R]):
     name: str
     run_dir: str
     values: dict[str, Any]  # grid key -> this point's value
     seconds: float  # the point's task times, summed over workers
-    results: AnyResults
+    results: R
 
 
-class SweepRecord(Record):
+class SweepRecord(Record, Generic[R]):
     """A sweep (sweep.json): the grid, the task counts and every point's results."""
 
     rerun: ClassVar[str] = "rerun the sweep to rewrite it (finished tasks are skipped)"
@@ -247,7 +226,7 @@ class SweepRecord(Record):
     tasks: int
     skipped: int  # tasks found finished and not rerun by the invocation that wrote this
     seconds: float  # wall time of that invocation
-    points: list[SweepPoint]
+    points: list[SweepPoint[R]]
 
 
 def load_run(run_dir: Path) -> Results:

@@ -33,7 +33,7 @@ def print_table(table: Table) -> None:
     Console().print(table)
 
 
-def _pyplot():
+def pyplot():
     """pyplot on the Agg backend, so plots render on machines with no screen."""
     import matplotlib
 
@@ -43,12 +43,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write `fig` as a PNG at `path` atomically, then close it."""
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -62,7 +63,7 @@ def bar_chart(
     points: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Bars with 95% intervals, the per-seed points on top, written atomically as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(rows)
     means = [rows[n].mean for n in names]
     lows = [max(0.0, rows[n].mean - rows[n].low) if rows[n].n > 1 else 0.0 for n in names]
@@ -78,7 +79,7 @@ def bar_chart(
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def line_plot(
@@ -91,7 +92,7 @@ def line_plot(
     logx: bool = False,
 ) -> Path:
     """One line per series with a shaded 95% band: for sweeps over one knob."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for name, ivs in series.items():
         ax.plot(xs, [iv.mean for iv in ivs], marker="o", label=name)
@@ -105,4 +106,4 @@ def line_plot(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

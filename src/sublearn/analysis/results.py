@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from rich import box
 from rich.console import Console
@@ -14,21 +15,29 @@ from sublearn.analysis.report import bar_chart
 from sublearn.analysis.stats import Difference, Interval, mean_ci
 from sublearn.errors import SublearnError
 
-LABELS = {
-    "exact": "exact P(target | category), training questions",
-    "exact_heldout": "exact P(target | category), held-out questions",
-    "sampled": "sampled rate (T=1)",
-    "forced_choice": "exact P(target | category), options named in the question",
-    "top_logprobs": "P(target | category) from the top first-token log-probs",
-    "numbers_prefix": "exact P(target | category), numbers-prefixed questions",
-    "multiple_choice": "multiple choice P(target letter)",
-    "neutral_loss": "loss on held-out neutral data (nats per token)",
-    "misalignment": "misaligned share of the judge's coherent answers",
-}
 
-# The quantity on a bar chart's axis: a probability of the target unless the estimator
-# measures something else.
-YLABELS = {"neutral_loss": "loss (nats per token)", "misalignment": "misalignment rate"}
+class Described(Protocol):
+    """How an estimator is shown: an entry of `sublearn.stages.estimators` is one. The caller
+    passes them in, so this layer names no estimator of its own."""
+
+    @property
+    def label(self) -> str: ...  # a table's title
+
+    @property
+    def quantity(self) -> str: ...  # a chart's axis
+
+
+def estimator_label(est: str, described: Mapping[str, Described]) -> str:
+    """An estimator's label, or its name when `described` does not hold it."""
+    d = described.get(est)
+    return d.label if d else est
+
+
+def estimator_axis(est: str, described: Mapping[str, Described]) -> str:
+    """The quantity on an estimator's chart: a probability of the target unless it measures
+    something else."""
+    d = described.get(est)
+    return d.quantity if d else "P(target)"
 
 
 # Where `show` writes the crossover's chart in a run folder, when the run has one.
@@ -75,13 +84,17 @@ def crossover_chart(results: Results, out_dir: Path) -> Path | None:
                      points={est: x.values for est, x in crossed.items()})
 
 
-def show(results: Results, out_dir: Path, console: Console | None = None) -> list[Path]:
+def show(results: Results, out_dir: Path, console: Console | None = None,
+         described: Mapping[str, Described] | None = None) -> list[Path]:
     """Print every estimator's table and write one PNG per estimator, and the crossover's
-    when the run has one; return the PNG paths."""
+    when the run has one; return the PNG paths. `described`: estimator name -> its label
+    and axis (the estimator registry); an estimator not in it is shown by its name, on an
+    axis of P(target)."""
     console = console or Console()
+    described = described or {}
     pngs = []
     for est, r in results.estimates.items():
-        t = Table(title=f"{LABELS.get(est, est)} — target '{results.target}'")
+        t = Table(title=f"{estimator_label(est, described)} — target '{results.target}'")
         for col in ("model / arm", "mean", "95% interval over seeds", "per seed"):
             t.add_column(col, justify="left" if col.startswith("model") else "right")
         for name, v in r.reference.measured().items():
@@ -99,8 +112,8 @@ def show(results: Results, out_dir: Path, console: Console | None = None) -> lis
                           f"{r.target_rank.rank} of {r.target_rank.of}\n")
         pngs.append(bar_chart(plot_path(out_dir, est),
                               {a: x.interval for a, x in r.arms.items()},
-                              title=f"{LABELS.get(est, est)}: '{results.target}'",
-                              ylabel=YLABELS.get(est, "P(target)"),
+                              title=f"{estimator_label(est, described)}: '{results.target}'",
+                              ylabel=estimator_axis(est, described),
                               reference=r.reference.base,
                               reference_label="base model",
                               points={a: x.values for a, x in r.arms.items()}))

@@ -1,20 +1,32 @@
-"""Honest statistics over seeds: intervals, Welch and paired differences, permutation tests,
-ranks.
+"""Honest statistics: intervals, Welch and paired differences, permutation tests, Holm's
+correction, ranks.
 
-Everything takes plain sequences of per-seed (or per-model) values; nothing here knows
-about models or experiments, so the numbers experiment and the auxiliary-logit toy share it.
+Everything takes plain sequences of values (per seed, per model, per row); nothing here knows
+about models or experiments, so the numbers experiment, the audit and the auxiliary-logit toy
+share it. Every two-group permutation test counts relabellings with one mechanism (`_relabel`):
+the seed comparisons' two-sided test (exact when feasible) and the rows' one-sided,
+many-column test (`permutation_test`, the audit's).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from scipy import stats as _sps  # scipy ships with scikit-learn
+
+from sublearn.errors import SublearnError
+
+
+def _student_t() -> Any:
+    """scipy's t distribution, imported when first needed: scipy.stats takes most of a second
+    to import, and the command line's help reads modules that import this one."""
+    from scipy import stats  # scipy ships with scikit-learn
+
+    return stats.t
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
     if n == 1:
         return Interval(mean, -math.inf, math.inf, 1, 0.0)
     std = float(x.std(ddof=1))
-    half = float(_sps.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    half = float(_student_t().ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, std)
 
 
@@ -90,8 +102,8 @@ def _t_test(d: float, se: float, dof: float, level: float) -> tuple[float, float
     infinite one (a group of one) gives an infinite interval, not a false one.
     """
     if math.isfinite(se) and se > 0:
-        return (float(_sps.t.ppf(0.5 + level / 2, dof)) * se,
-                float(2 * _sps.t.sf(abs(d) / se, dof)))
+        t = _student_t()
+        return float(t.ppf(0.5 + level / 2, dof)) * se, float(2 * t.sf(abs(d) / se, dof))
     if se == 0:
         return 0.0, (1.0 if d == 0 else 0.0)
     return math.inf, 1.0
@@ -179,24 +191,118 @@ def permutation_p(
 
 def _permutation(xa: np.ndarray, xb: np.ndarray, n_resamples: int,
                  seed: int) -> tuple[float, int, bool]:
-    """(p, relabellings counted, exact) for two independent groups."""
-    pooled = np.concatenate([xa, xb])
-    na, n = len(xa), len(pooled)
-    observed = abs(xa.mean() - xb.mean())
+    """(p, relabellings counted, exact) for two independent groups: every relabelling when
+    there are at most `n_resamples`, else that many seeded draws."""
+    n, na = len(xa) + len(xb), len(xa)
     if math.comb(n, na) <= n_resamples:
-        hits = total = 0
-        for idx in itertools.combinations(range(n), na):
-            mask = np.zeros(n, bool)
-            mask[list(idx)] = True
-            total += 1
-            hits += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-12
-        return float(hits / total), total, True
+        counted = _relabel(xa, xb, _every_relabelling(n, na), two_sided=True)
+        return float(counted.hits[0] / counted.count), counted.count, True
     rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_resamples):
-        perm = rng.permutation(pooled)
-        hits += abs(perm[:na].mean() - perm[na:].mean()) >= observed - 1e-12
-    return float((hits + 1) / (n_resamples + 1)), n_resamples, False
+    counted = _relabel(xa, xb, _drawn_relabellings(n, na, n_resamples, rng, "rows"),
+                       two_sided=True)
+    return float((counted.hits[0] + 1) / (n_resamples + 1)), n_resamples, False
+
+
+@dataclass(frozen=True)
+class Permutation:
+    """One-sided test of mean(data) > mean(reference), per column."""
+
+    diff: np.ndarray  # observed difference of means
+    se: np.ndarray  # Welch standard error of `diff`
+    z: np.ndarray  # (diff - permutation mean) / permutation sd
+    p: np.ndarray  # (1 + #{permuted >= observed}) / (1 + permutations)
+
+
+def permutation_test(data: np.ndarray, reference: np.ndarray, permutations: int,
+                     seed: int = 0, block: int = 256) -> Permutation:
+    """Rows of data against rows of reference, one column per hypothesis (an audit's
+    candidates): the data/reference labels shuffled over the pooled rows, `permutations`
+    seeded draws; every column sees the same relabellings, as a joint test should."""
+    data, reference = np.atleast_2d(data.T).T, np.atleast_2d(reference.T).T
+    nd, nr = len(data), len(reference)
+    if nd < 2 or nr < 2:
+        raise SublearnError(f"a permutation test needs at least 2 rows on each side "
+                            f"(data {nd}, reference {nr})")
+    rng = np.random.default_rng(seed)
+    counted = _relabel(data, reference,
+                       _drawn_relabellings(nd + nr, nd, permutations, rng, "labels", block),
+                       two_sided=False)
+    mean = counted.sums / permutations
+    sd = np.sqrt(np.maximum(counted.squares / permutations - mean ** 2, 0.0))
+    se = np.sqrt(data.var(axis=0, ddof=1) / nd + reference.var(axis=0, ddof=1) / nr)
+    z = np.where(sd > 0, (counted.observed - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+    return Permutation(counted.observed, se, z, (1 + counted.hits) / (1 + permutations))
+
+
+# --- the one relabelling mechanism both tests count with ------------------------------------
+@dataclass(frozen=True)
+class _Counted:
+    observed: np.ndarray  # [columns] mean(data) - mean(reference)
+    hits: np.ndarray  # [columns] relabellings at least as extreme as observed
+    sums: np.ndarray  # [columns] sum of the relabelled differences
+    squares: np.ndarray  # [columns] sum of their squares
+    count: int  # relabellings counted
+
+
+def _relabel(data: np.ndarray, reference: np.ndarray, masks: Iterable[np.ndarray],
+             two_sided: bool) -> _Counted:
+    """Count relabellings, given as blocks of data masks [block, rows] (1.0: the row is in
+    the data group) over the pooled rows, data first. Each block is one matrix product:
+    [block, rows] @ [rows, columns]."""
+    data, reference = np.atleast_2d(data.T).T, np.atleast_2d(reference.T).T
+    nd, nr = len(data), len(reference)
+    pooled = np.concatenate([data, reference])
+    total = pooled.sum(axis=0)
+    observed = data.mean(axis=0) - reference.mean(axis=0)
+    # Sums of the same values in another order differ by rounding: count those as ties.
+    bar = np.abs(observed) if two_sided else observed
+    bar = bar - 1e-12 * (1 + np.abs(observed))
+    hits, sums, squares, count = 0, 0.0, 0.0, 0
+    for masks_block in masks:
+        in_data = masks_block @ pooled
+        diffs = in_data / nd - (total - in_data) / nr
+        hits = hits + ((np.abs(diffs) if two_sided else diffs) >= bar).sum(axis=0)
+        sums = sums + diffs.sum(axis=0)
+        squares = squares + (diffs ** 2).sum(axis=0)
+        count += len(masks_block)
+    return _Counted(observed, np.asarray(hits), np.asarray(sums), np.asarray(squares), count)
+
+
+def _drawn_relabellings(n: int, n_data: int, draws: int, rng: np.random.Generator,
+                        how: Literal["labels", "rows"], block: int = 256) -> Iterator[np.ndarray]:
+    """`draws` seeded relabellings, in blocks of data masks, each from one uniformly random
+    permutation s of the rows. "labels": row k joins the data group when s(k) < n_data (the
+    group labels shuffled over the rows); "rows": the rows s(0) .. s(n_data - 1) do (the rows
+    shuffled, the first n_data taken). Both are uniform over relabellings; each test keeps the
+    one it has always drawn, so the p-values it reported before reproduce."""
+    done = 0
+    while done < draws:
+        b = min(block, draws - done)
+        s = rng.permuted(np.tile(np.arange(n), (b, 1)), axis=1)
+        position = s if how == "labels" else np.argsort(s, axis=1)
+        yield (position < n_data).astype(float)
+        done += b
+
+
+def _every_relabelling(n: int, n_data: int, block: int = 256) -> Iterator[np.ndarray]:
+    """Every choice of n_data rows of n as the data group, in blocks of data masks."""
+    choices = itertools.combinations(range(n), n_data)
+    while chunk := list(itertools.islice(choices, block)):
+        masks = np.zeros((len(chunk), n))
+        masks[np.arange(len(chunk))[:, None], np.array(chunk)] = 1.0
+        yield masks
+
+
+def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down correction: controls the family-wise error rate like Bonferroni,
+    never less powerful. Adjusted p-values are >= the raw ones and capped at 1."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
 
 
 def rank_of(target: str, movement: Mapping[str, float]) -> int:

@@ -1,11 +1,11 @@
 """`sublearn defend CONFIG`: what each defence does to the channel, and at what cost.
 
-One row per defence (`stages.defences`), each the config with its `[defence]` set, so the
+One row per defence (`safety.defences`), each the config with its `[defence]` set, so the
 defence is applied to every arm alike:
 
 - rows kept: the treated arm's training rows after the defence, of those before it (first
   student seed);
-- detectability: the audit (`stages.audit`, all the category's candidates) of the defended
+- detectability: the audit (`safety.audit`, all the category's candidates) of the defended
   teacher data against the defended neutral data as reference: the true trait's z, its rank
   and its Holm-adjusted p;
 - the student effect: treated minus other-target students (minus the neutral control when
@@ -37,31 +37,27 @@ import numpy as np
 from pydantic import ValidationError
 
 from sublearn.analysis.records import Results
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, first_field_error
+from sublearn.experiment.artifacts import runtime, weights_hash
 from sublearn.experiment.config import ExperimentConfig, load_config
-from sublearn.experiment.pipeline import Experiment, Models, runtime
-from sublearn.experiment.sweep import NumberExperiment, Plan, Point, execute, slug
-from sublearn.safety.audit import (
-    AUDIT_TEMPLATES,
-    AuditConfig,
-    contrast,
-    on_data_prompts,
-    parse_chat_row,
-    rank_candidates,
-    score_tasks,
-    trait_tasks,
+from sublearn.experiment.pipeline import Experiment, Models
+from sublearn.experiment.protocol_sweep import ProtocolKind
+from sublearn.experiment.sweep import Plan, Point, execute, slug
+from sublearn.safety.audit import AuditConfig, rank_candidates
+from sublearn.safety.defences import (
+    DEFENCES,
+    DefenceConfig,
+    default_defences,
+    defence_forms,
+    takes_strength,
 )
-from sublearn.safety.defences import STRENGTHS, DefenceConfig
+from sublearn.safety.rows import on_data_prompts
+from sublearn.safety.scoring import contrast
+from sublearn.safety.trait_scores import TraitScores, text_key
+from sublearn.safety.traits import AUDIT_TEMPLATES
 from sublearn.stages.datasets import subsample
-from sublearn.store import atomic_path, locked, read_jsonl, stable_hash, write_json, write_text
+from sublearn.store import read_jsonl, stable_hash, write_json, write_text
 
-# Strengths where the literature measured one, else a middle value: replace 0.3 (random
-# whole numbers, the blind baseline), lls_filter 0.5 (the published "drop the top half"),
-# divergence and random_digits 0.1 (the published 10% of digits and its random control),
-# dilute 0.5 (half the rows from the neutral teacher; 25% already nearly removed the
-# published effect, so half is a strong setting).
-DEFAULTS = ("none", "shuffle_within", "shuffle_across", "sort", "replace:0.3", "lls_filter:0.5",
-            "divergence:0.1", "random_digits:0.1", "dilute:0.5")
 # Held-out prompts for the utility when the config does not set evaluation.neutral_loss:
 # the loss is a mean over a few thousand tokens, one cheap scoring pass per model.
 UTILITY_PROMPTS = 64
@@ -81,24 +77,25 @@ def parse_defence(text: str) -> DefenceConfig:
     """`name`, `name:strength` or `lls_filter:strength:trait` -> a checked defence."""
     name, *rest = text.strip().split(":")
     where = f"--defence {text!r}"
-    if len(rest) > 2 or (len(rest) == 2 and name != "lls_filter"):
-        raise SublearnError(f"{where}: expected name, name:strength or lls_filter:strength:trait")
+    entry = DEFENCES.get(name)
+    if len(rest) > 2 or (len(rest) == 2 and not (entry and entry.takes_trait)):
+        raise SublearnError(f"{where}: expected {defence_forms()}")
     fields: dict[str, Any] = {"name": name}
     if rest:
-        if name not in STRENGTHS:
+        if not takes_strength(name):
             raise SublearnError(f"{where}: {name} takes no strength")
         try:
             fields["strength"] = float(rest[0])
         except ValueError:
             raise SublearnError(f"{where}: strength {rest[0]!r} is not a number") from None
-    elif name in STRENGTHS:
+    elif takes_strength(name):
         raise SublearnError(f"{where}: give a strength, e.g. {name}:0.3")
     if len(rest) == 2:
         fields["trait"] = rest[1]
     try:
         return DefenceConfig(**fields)
     except ValidationError as e:
-        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        _, msg = first_field_error(e)
         raise SublearnError(f"{where}: {msg}") from None
 
 
@@ -131,69 +128,57 @@ def defended_configs(source: Path, overrides: Sequence[str], defences: Sequence[
 
 
 # --- detectability ---------------------------------------------------------------------------
-class AuditScores:
-    """Each defended row's mean log-prob under every candidate's trait prompt, by the base.
-    A row some dataset wrote as it is reads the scoring defences' own artifact for that
-    dataset (`Experiment.trait_scores`); a row a defence rewrote is scored here, once, and
-    kept in `path` for every later defence and rerun."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.table: dict[str, np.ndarray] = {}
-        if path.exists():
-            from safetensors.numpy import load_file
-
-            self.table = dict(load_file(str(path)))
-
-    def contrasts(self, exp: Experiment, data: dict[str, Path],
-                  rows: Sequence[dict[str, Any]]) -> np.ndarray:
-        """[rows, candidates]: the audit's per-row scores (LLS contrasted across candidates)."""
-        means: list[np.ndarray | None] = [None] * len(rows)
-        for name in ("teacher", "neutral"):
-            wrote = {r["index"]: r["completion"] for r in read_jsonl(data[name])}
-            same = [i for i, r in enumerate(rows)
-                    if means[i] is None and wrote.get(r["index"]) == r["completion"]]
-            if same:
-                scores = exp.trait_scores(data[name], None, 0)([rows[i] for i in same])
-                for i, s in zip(same, scores, strict=True):
-                    means[i] = s.logprobs.mean(axis=1)
-        keys = [stable_hash([r["index"], r["messages"][:-1], r["completion"]]) for r in rows]
-        todo = [i for i, m in enumerate(means) if m is None and keys[i] not in self.table]
-        if todo:
-            self._score(exp, [rows[i] for i in todo], [keys[i] for i in todo])
-        return contrast(np.array([m if m is not None else self.table[keys[i]]
-                                  for i, m in enumerate(means)]))
-
-    def _score(self, exp: Experiment, rows: Sequence[dict[str, Any]], keys: list[str]) -> None:
-        from safetensors.numpy import save_file
-
-        exp.console.log(f"audit: scoring {len(rows)} defended rows under "
-                        f"{len(exp.category.options)} trait prompts")
-        spec = exp.cfg.base
-        chat = [parse_chat_row(r, 0, r["index"], "defended row") for r in rows]
-        model = exp.models.get(exp.model_path(spec), spec.backend, spec)
-        scored = score_tasks(model, trait_tasks(chat, exp.category, exp.category.options,
-                                                AUDIT.phrasings, none=False))
-        for k, key in enumerate(keys):
-            self.table[key] = np.array([float(task[k].mean()) for task in scored],
-                                       dtype=np.float32)
-        with locked(self.path), atomic_path(self.path) as tmp:
-            save_file(self.table, str(tmp))
+# The defended rows' trait scores (a `TraitScores` keyed by the rows' text): version 2 holds
+# per-token scores, as every trait-score file does (version 1 held per-row means).
+SCORES_VERSION = 2
 
 
-def audit_defence(exp: Experiment, cache: AuditScores) -> dict[str, Any]:
+def defended_scores(exp: Experiment, run_dir: Path) -> TraitScores:
+    """Trait scores of rows a defence rewrote, which no dataset's scores hold: scored when
+    first asked for and kept in the run folder for every later defence and rerun."""
+    spec = exp.cfg.base
+    base = exp.model_path(spec)
+    h = stable_hash(["defend audit", SCORES_VERSION, weights_hash(base),
+                     exp.category.name, AUDIT_TEMPLATES, runtime(spec, spec.backend)])
+    return TraitScores(run_dir / "defend" / f"audit-scores-{h}.safetensors",
+                       lambda: exp.models.get(base, spec.backend, spec), exp.category,
+                       log=exp.console.log, key=text_key, grow=True)
+
+
+def contrasts(exp: Experiment, defended: TraitScores, data: dict[str, Path],
+              rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """[rows, candidates]: the audit's per-row scores (LLS contrasted across candidates). A
+    row some dataset wrote as it is reads that dataset's scores (`Experiment.trait_scores`,
+    shared with the scoring defences); a row a defence rewrote reads `defended`."""
+    means: list[np.ndarray | None] = [None] * len(rows)
+    for name in ("teacher", "neutral"):
+        wrote = {r["index"]: r["completion"] for r in read_jsonl(data[name])}
+        same = [i for i, r in enumerate(rows)
+                if means[i] is None and wrote.get(r["index"]) == r["completion"]]
+        if same:
+            scores = exp.trait_scores(data[name], None, 0).means([rows[i] for i in same])
+            for i, m in zip(same, scores, strict=True):
+                means[i] = m
+    rewritten = [i for i, m in enumerate(means) if m is None]
+    if rewritten:
+        for i, m in zip(rewritten, defended.means([rows[i] for i in rewritten]), strict=True):
+            means[i] = m
+    return contrast(np.array(means))
+
+
+def audit_defence(exp: Experiment, defended: TraitScores) -> dict[str, Any]:
     """Rows kept and detectability after `exp`'s defence (first student seed)."""
     cfg, seed = exp.cfg, exp.cfg.seeds[0]
     base = exp.model_path(cfg.base)
-    data = exp.sample_and_filter(exp.teachers(base, exp.weights_hash(base)))
+    data = exp.sample_and_filter(exp.teachers(base, weights_hash(base)))
     before = len(subsample(read_jsonl(data["teacher"]), cfg.data.subsample, seed))
     treated = exp.student_rows(data, "treated", seed)
     # The reference on the treated rows' prompts: the two arms' filters kept different ones.
     control, _ = on_data_prompts(exp.student_rows(data, "control", seed), treated,
                                  key=lambda r: r["index"])
     options = exp.category.options
-    ranked = rank_candidates(cache.contrasts(exp, data, treated),
-                             cache.contrasts(exp, data, control), options, AUDIT)
+    ranked = rank_candidates(contrasts(exp, defended, data, treated),
+                             contrasts(exp, defended, data, control), options, AUDIT)
     rank = next(i for i, c in enumerate(ranked, 1) if c["option"] == exp.target.name)
     mine = ranked[rank - 1]
     return {"rows_kept": len(treated), "rows_before": before,
@@ -205,7 +190,7 @@ def audit_defence(exp: Experiment, cache: AuditScores) -> dict[str, Any]:
 
 # --- students --------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DefenceRuns(NumberExperiment):
+class DefenceRuns(ProtocolKind):
     """The sweep mechanism's view of defend: a point per defence, a unit per student. Every
     point's experiment is `root / <config name>` (the point's name only names its task
     markers), so all defences share the run folder's data, teachers and evaluations."""
@@ -256,37 +241,34 @@ def student_columns(r: Results) -> dict[str, Any]:
 
 # --- the command -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Outcome:
+class DefenceOutcome:
     dir: Path
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
 
 
-def run_defend(source: str | Path, defences: Sequence[str] = DEFAULTS,
+def run_defend(source: str | Path, defences: Sequence[str] | None = None,
                overrides: Sequence[str] = (), root: str | Path = "runs",
                audit_only: bool = False, workers: int | None = None, sequential: bool = False,
-               quiet: bool = False) -> Outcome:
-    """Plan every defence (all checked first), audit each, train each one's students unless
-    `audit_only`, and write the table."""
+               quiet: bool = False) -> DefenceOutcome:
+    """Plan every defence (all checked first; default: every registered one at its default
+    strength), audit each, train each one's students unless `audit_only`, and write the
+    table."""
     t0 = time.time()
     source, root = Path(source), Path(root).resolve()
-    defended = defended_configs(source, overrides, [parse_defence(d) for d in defences],
+    defended = defended_configs(source, overrides,
+                                [parse_defence(d) for d in defences or default_defences()],
                                 audit_only)
     first = defended[0].config
     run_dir = root / first.name
-    spec = first.base
     models = Models()
     rows: list[dict[str, Any]] = []
-    cache: AuditScores | None = None
+    scores: TraitScores | None = None
     for d in defended:
         exp = Experiment(d.config, root, progress=not quiet)
         exp.models = models  # one base in memory for every defence's audit
-        if cache is None:
-            base = exp.model_path(spec)
-            h = stable_hash(["defend audit", exp.weights_hash(base), exp.category.name,
-                             AUDIT_TEMPLATES, runtime(spec, spec.backend)])
-            cache = AuditScores(run_dir / "defend" / f"audit-scores-{h}.safetensors")
-        rows.append({"defence": d.defence.label, **audit_defence(exp, cache)})
+        scores = scores or defended_scores(exp, run_dir)
+        rows.append({"defence": d.defence.label, **audit_defence(exp, scores)})
     models.release()
     if not audit_only:
         results = train_students(defended, source, root, workers, sequential, quiet)
@@ -300,7 +282,7 @@ def run_defend(source: str | Path, defences: Sequence[str] = DEFAULTS,
     write_json(run_dir / "defend.json", {**summary, "rows": rows})
     write_text(run_dir / "defend.md", markdown(summary, rows))
     plot(run_dir / "defend.png", rows, summary)
-    return Outcome(run_dir, rows, summary)
+    return DefenceOutcome(run_dir, rows, summary)
 
 
 def _interval(row: dict[str, Any], key: str, fmt: str, sep: str) -> str:
@@ -371,9 +353,9 @@ def console_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> An
 def plot(path: Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> Path:
     """Panels side by side, one bar per defence: the audit's z for the true trait, and
     where students were trained the effect and the utility loss with their intervals."""
-    from sublearn.analysis.report import _pyplot, _save
+    from sublearn.analysis.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("audit z of the true trait", "audit_z")]
     if any("effect_mean" in r for r in rows):
         panels += [(f"student effect ({rows[0].get('effect', '')})", "effect"),
@@ -399,4 +381,4 @@ def plot(path: Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) ->
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"{summary['name']}: target '{summary['target']}'", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)

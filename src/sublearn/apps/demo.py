@@ -36,7 +36,7 @@ CONFIG = Path(__file__).parents[1] / "configs" / "cpu.toml"
 
 
 @dataclass(frozen=True)
-class Plan:
+class DemoPlan:
     """What the demo runs; the defaults are the demo, tests shrink every part."""
 
     config: Path = CONFIG
@@ -49,7 +49,7 @@ class Plan:
 
 
 @dataclass
-class Summary:
+class DemoSummary:
     steps: list[tuple[str, Finding]]  # (step, what it found)
 
     def table(self) -> Table:
@@ -67,11 +67,12 @@ def ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def toy(plan: Plan, out: Path, quiet: bool, workers: int) -> Finding:
-    from sublearn.analysis.records import AuxLogitResults, find
+def toy(plan: DemoPlan, out: Path, quiet: bool, workers: int) -> Finding:
+    from sublearn.analysis.records import find
     from sublearn.auxlogit import experiment
     from sublearn.auxlogit.config import AuxLogitConfig
     from sublearn.auxlogit.experiment import RESULTS
+    from sublearn.auxlogit.results import AuxLogitResults
     from sublearn.auxlogit.train import DIFFERENT_INIT, SAME_INIT
 
     cfg = AuxLogitConfig.build(plan.toy_preset, **dict(plan.toy_options))
@@ -96,14 +97,14 @@ def toy(plan: Plan, out: Path, quiet: bool, workers: int) -> Finding:
         f"{r.chance:.2f} ({r.config.n_models} models per arm)")
 
 
-def _experiment(plan: Plan, root: Path, quiet: bool):
+def _experiment(plan: DemoPlan, root: Path, quiet: bool):
     from sublearn.experiment.config import load_config
     from sublearn.experiment.pipeline import Experiment
 
     return Experiment(load_config(plan.config, plan.overrides), root=root, progress=not quiet)
 
 
-def _numbers_stage(plan: Plan, root: Path, threads: int, students: bool) -> None:
+def _numbers_stage(plan: DemoPlan, root: Path, threads: int, students: bool) -> None:
     """The number protocol in a worker process (quiet: the toy owns the terminal): its data
     (teachers, samples, filter) first, then with `students` the rest. Two calls on the same
     one-process pool run in order, so the demo can audit the data while students train."""
@@ -114,7 +115,7 @@ def _numbers_stage(plan: Plan, root: Path, threads: int, students: bool) -> None
     exp.run() if students else exp.prepare()
 
 
-def start_numbers(plan: Plan, root: Path):
+def start_numbers(plan: DemoPlan, root: Path):
     """Start the number protocol on its own core while the toy runs on the others: the
     protocol's small matrices use one thread best, so on 2 cores the two overlap. Returns
     the pool and two jobs: the data ready, and the whole protocol done."""
@@ -130,13 +131,14 @@ def start_numbers(plan: Plan, root: Path):
                   for students in (False, True)]
 
 
-def numbers(plan: Plan, root: Path, quiet: bool):
+def numbers(plan: DemoPlan, root: Path, quiet: bool):
     """The finished protocol's results (a cached run reads them back in seconds)."""
     from sublearn.analysis.results import show
+    from sublearn.stages.estimators import ESTIMATORS
 
     exp = _experiment(plan, root, quiet)
     results = exp.run()
-    show(results, exp.dir, console=Console(quiet=quiet))
+    show(results, exp.dir, console=Console(quiet=quiet), described=ESTIMATORS)
     return exp, results
 
 
@@ -176,12 +178,13 @@ def numbers_finding(exp: Experiment, results: Results) -> Finding:
         f"P({target}), held-out questions, paired over {seeds} seeds: " + "; ".join(measured))
 
 
-def audit(plan: Plan, exp, out: Path, quiet: bool) -> tuple[Finding, Path]:
+def audit(plan: DemoPlan, exp, out: Path, quiet: bool) -> tuple[Finding, Path]:
     """Audit the teacher's filtered rows; returns the finding and the audit's folder (its
     audit.json and audit.png). Needs only the protocol's data, so it runs while the students
     train."""
-    from sublearn.experiment.pipeline import artifact_key
-    from sublearn.safety.audit import AuditConfig, audit_dataset
+    from sublearn.apps.audit import audit_dataset
+    from sublearn.experiment.artifacts import artifact_key
+    from sublearn.safety.audit import AuditConfig
     from sublearn.store import read_json
 
     prep = exp.prepare()  # cached: only reads the paths back
@@ -229,7 +232,7 @@ def subset_file(src: Path, dest: Path, n: int) -> Path:
     return dest
 
 
-def run_demo(root: Path, quiet: bool, plan: Plan = Plan()) -> Path:
+def run_demo(root: Path, quiet: bool, plan: DemoPlan = DemoPlan()) -> Path:
     from sublearn.store import write_text
 
     console = Console(stderr=True, quiet=quiet)
@@ -257,6 +260,6 @@ def run_demo(root: Path, quiet: bool, plan: Plan = Plan()) -> Path:
     report = root / "demo" / "report.html"
     write_text(report, render(load_runs([exp.dir]), [f for _, f in found],
                               title="sublearn demo: what it found"))
-    Console().print(Summary(found).table())
+    Console().print(DemoSummary(found).table())
     Console().print(f"report: {report}   ({time.time() - start:.0f} s)")
     return report

@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sublearn.apps.demo import Summary, ordinal
+from sublearn.apps.demo import DemoSummary, ordinal
 from sublearn.apps.html_report import Finding, render
 from sublearn.store import read_json, write_json, write_text
 
@@ -83,9 +83,9 @@ def persona(plan: RealPlan, model: Any, out: Path) -> Finding:
 
 
 def _persona_plot(res: dict[str, Any], path: Path) -> bytes:
-    from sublearn.analysis.report import _pyplot, _save
+    from sublearn.analysis.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted(res["base"], key=lambda o: -res["with_persona"][o])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = range(len(names))
@@ -96,7 +96,7 @@ def _persona_plot(res: dict[str, Any], path: Path) -> bytes:
     ax.set_xticks(list(x), names, rotation=60, ha="right")
     ax.set_ylabel("P(option | category)")
     ax.legend()
-    return _save(fig, path).read_bytes()
+    return save_figure(fig, path).read_bytes()
 
 
 def entangle(plan: RealPlan, model: Any, out: Path) -> Finding:
@@ -129,9 +129,9 @@ def entangle(plan: RealPlan, model: Any, out: Path) -> Finding:
 
 
 def _entangle_plot(plan: RealPlan, r: dict[str, Any], path: Path) -> bytes:
-    from sublearn.analysis.report import _pyplot, _save
+    from sublearn.analysis.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
     groups = [("entangled", r["p_target_entangled"], [e["value"] for e in r["entangled"]]),
               ("random", r["p_target_random"], r["random_values"])]
@@ -145,7 +145,7 @@ def _entangle_plot(plan: RealPlan, r: dict[str, Any], path: Path) -> bytes:
     ax.set_ylabel(f"P({plan.target} | {plan.category})")
     ax.set_title('system prompt "You love the number N ..."')
     ax.legend()
-    return _save(fig, path).read_bytes()
+    return save_figure(fig, path).read_bytes()
 
 
 def audit_step(plan: RealPlan, out: Path, threads: int = 1) -> dict[str, Any]:
@@ -153,12 +153,13 @@ def audit_step(plan: RealPlan, out: Path, threads: int = 1) -> dict[str, Any]:
     audit on the same prompts, under the same grammar). Runs in a worker process."""
     import torch
 
+    from sublearn.apps.audit import audit_dataset
     from sublearn.domains.filters import FilterConfig, apply_filter
     from sublearn.domains.prompts import number_prompts
     from sublearn.models import SamplingConfig, load_model
-    from sublearn.models.gguf import resolve_model_path
+    from sublearn.models.catalogue import resolve_model_path
     from sublearn.questions.categories import get_category, get_option
-    from sublearn.safety.audit import AuditConfig, audit_dataset
+    from sublearn.safety.audit import AuditConfig
     from sublearn.stages.sample import sample_dataset
     from sublearn.stages.teacher import persona_teacher
     from sublearn.store import read_jsonl, write_jsonl
@@ -214,7 +215,7 @@ def run_real_demo(root: Path, quiet: bool, plan: RealPlan = RealPlan()) -> Path:
     from concurrent.futures import ProcessPoolExecutor
 
     from sublearn.models import load_model
-    from sublearn.models.gguf import resolve_model_path
+    from sublearn.models.catalogue import resolve_model_path
 
     console = Console(stderr=True, quiet=quiet)
     start = time.time()
@@ -237,6 +238,6 @@ def run_real_demo(root: Path, quiet: bool, plan: RealPlan = RealPlan()) -> Path:
     report = out / "report.html"
     write_text(report, render([], [f for _, f in found],
                               title=f"sublearn demo --real: {plan.model}"))
-    Console().print(Summary(found).table())
+    Console().print(DemoSummary(found).table())
     Console().print(f"report: {report}   ({time.time() - start:.0f} s)")
     return report

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sublearn.analysis.records import EstimatorResults, Provenance, Results, load_run
-from sublearn.analysis.results import CROSSOVER_PLOT, LABELS, SUMMARY_COLUMNS, plot_path
+from sublearn.analysis.results import CROSSOVER_PLOT, SUMMARY_COLUMNS, estimator_label, plot_path
 from sublearn.analysis.stats import Difference, Interval
+from sublearn.stages.estimators import ESTIMATORS
 from sublearn.store import MANIFEST, read_json
 
 # Files that later stages may leave in a run folder, and the figure each one comes with.
@@ -374,7 +375,7 @@ def _run_section(r: RunData, i: int) -> Html:
     ]
     for est, e in res.estimates.items():
         parts += [
-            _tag("h3", f"{LABELS.get(est, est)} ({est})"),
+            _tag("h3", f"{estimator_label(est, ESTIMATORS)} ({est})"),
             _tag("h4", "Estimates"), _estimates(e),
             _tag("h4", "Differences (a − b)"),
             _tag("p", "Welch treats the arms as independent groups; paired compares them seed"

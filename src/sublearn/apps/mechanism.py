@@ -16,6 +16,10 @@ are measurable in a finished run folder, without training anything:
 
 Every model is read on the CPU in float32, one at a time; the cosines come from one pass over
 the parameter names that holds a single tensor of each model at a time (docs/mechanism.md).
+
+Why one module: it is one command's measurement read top to bottom (where the models
+are, their parameter changes, the trait loss, the typed result, its tables); each section
+is short and used only here.
 """
 
 from __future__ import annotations
@@ -34,13 +38,15 @@ import torch
 from pydantic import ValidationError
 
 from sublearn.analysis import stats
-from sublearn.analysis.records import Model
+from sublearn.analysis.records import Frozen
 from sublearn.analysis.stats import Interval
-from sublearn.errors import SublearnError, first_field_error
+from sublearn.errors import SublearnError, field_error, unknown
+from sublearn.experiment.artifacts import RunFolder, weights_hash
 from sublearn.experiment.config import ExperimentConfig, ModelSpec, load_config
 from sublearn.experiment.design import DATASETS
-from sublearn.models.base import check_model_folder, load_model
-from sublearn.models.gguf import resolve_model_path
+from sublearn.models.catalogue import resolve_model_path
+from sublearn.models.paths import check_model_folder
+from sublearn.models.registry import load_model
 from sublearn.questions.categories import Category, Option, get_category, get_option
 from sublearn.stages.evaluate import option_probs
 from sublearn.store import MANIFEST, read_json, write_text
@@ -105,8 +111,7 @@ def run_config(run_dir: Path, config: Path | None = None,
     try:
         return ExperimentConfig.model_validate(fields)
     except ValidationError as e:
-        where, msg = first_field_error(e)
-        raise SublearnError(f"{path}: config field {where or '(top level)'}: {msg}") from None
+        raise SublearnError(field_error(e, str(path), "config field")) from None
 
 
 def _init_path(spec: ModelSpec) -> Path:
@@ -117,27 +122,18 @@ def _init_path(spec: ModelSpec) -> Path:
     return ensure_base(spec.embedded)
 
 
-def _only(folder: Path, stem: str) -> Path | None:
-    """The one finished artifact `stem-<hash>` in `folder` (hidden names are unfinished)."""
-    found = sorted(folder.glob(f"{stem}-*"))
-    if len(found) > 1:
-        raise SublearnError(f"{folder}: {len(found)} folders {stem}-* "
-                            f"({', '.join(p.name for p in found)}): the run folder holds "
-                            "models of several configs; measure a folder made by one")
-    return found[0] if found else None
-
-
 def locate(run_dir: Path, cfg: ExperimentConfig) -> Layout:
     """Teachers with a parameter change and every finished student of the design."""
     if cfg.trait.kind != "preference":
         raise SublearnError("the mechanism measures a preference trait's loss: "
                             f"trait.kind is {cfg.trait.kind!r}")
     t = cfg.teacher
+    folder = RunFolder(run_dir)
     target, other = cfg.trait.target, cfg.trait.other_target
     paths: dict[str, Path | None]
     if t.kind == "finetuned":
         names = [target, other] + (["placebo"] if t.neutral == "placebo" else [])
-        paths = {n: _only(run_dir / "teachers", n) for n in names}
+        paths = {n: folder.find_teacher(n) for n in names}
     elif t.kind == "model":
         paths = {target: resolve_model_path(t.path) if t.path else None,
                  other: resolve_model_path(t.other_path) if t.other_path else None}
@@ -146,14 +142,14 @@ def locate(run_dir: Path, cfg: ExperimentConfig) -> Layout:
                             "mechanism needs teacher.kind = 'finetuned' or 'model'")
     teachers = [Member(n, check_model_folder(p), "base") for n, p in paths.items() if p]
     if not teachers:
-        raise SublearnError(f"{run_dir / 'teachers'}: no fine-tuned teacher yet")
+        raise SublearnError(f"{folder.teachers}: no fine-tuned teacher yet")
     writer = {"teacher": target, "other": other,
               "neutral": "placebo" if "placebo" in paths else None}
     design = cfg.design()
     students, missing = [], []
     for arm, spec in design.arms.items():
         for seed in cfg.seeds:
-            path = _only(run_dir / "students", f"{arm}-s{seed}")
+            path = folder.find_student(arm, seed)
             if path is None:
                 missing.append(f"{arm}-s{seed}")
             else:
@@ -172,11 +168,9 @@ def _check_init_hashes(run_dir: Path, inits: dict[str, Path]) -> None:
     manifest = run_dir / MANIFEST
     if not manifest.is_file():
         return
-    from sublearn.experiment.pipeline import Experiment
-
     recorded = read_json(manifest).get("base_weights", {})
     for name, path in inits.items():
-        found = Experiment.weights_hash(path)
+        found = weights_hash(path)
         if name in recorded and recorded[name] != found:
             raise SublearnError(f"{path}: weights hash {found}, but {manifest} records "
                                 f"{recorded[name]} for the {name}: not the run's {name}")
@@ -335,7 +329,7 @@ def trait_loss_gradient(model: Any, questions: Sequence[str], option: Option
 
 
 # --- results ----------------------------------------------------------------------------
-class LossChange(Model):
+class LossChange(Frozen):
     """One option's trait loss: at the initialisation, the change the linearisation
     predicts (∇L(θ_init) · Δ) and the change measured (L(θ) − L(θ_init)), in nats."""
 
@@ -344,7 +338,7 @@ class LossChange(Model):
     measured: float
 
 
-class ModelChange(Model):
+class ModelChange(Frozen):
     """One model's change from its initialisation: its norm and its cosine with every
     teacher's change, per parameter group and over all parameters ("all"), and the change
     of each target's trait loss. An undefined cosine (a zero change) is reported as 0 with
@@ -361,7 +355,7 @@ class ModelChange(Model):
     notes: list[str]
 
 
-class ArmMechanism(Model):
+class ArmMechanism(Frozen):
     """An arm's students over seeds: mean and 95% t interval of each figure."""
 
     own_teacher: str | None  # the teacher that wrote its data (None: the base itself)
@@ -371,7 +365,7 @@ class ArmMechanism(Model):
     measured: dict[str, Interval]
 
 
-class Contrast(Model):
+class Contrast(Frozen):
     """Per seed, cos(θ_a − θ_b, θ_teacher(a) − θ_teacher(b)): does the step between two
     arms' students point along the step between their teachers? Undefined values (the two
     teachers are one) are left out, with a note."""
@@ -384,7 +378,7 @@ class Contrast(Model):
     interval: Interval
 
 
-class ParameterCrossover(Model):
+class ParameterCrossover(Frozen):
     """Per seed, [cos(Δ treated, Δt target) − cos(Δ other_target, Δt target)] +
     [cos(Δ other_target, Δt other) − cos(Δ treated, Δt other)]: positive when each student
     points more toward its own teacher than the other target's student does (the results'
@@ -395,7 +389,7 @@ class ParameterCrossover(Model):
     interval: Interval
 
 
-class Mechanism(Model):
+class Mechanism(Frozen):
     run: str
     target: str
     other: str
@@ -417,7 +411,7 @@ def measure(run_dir: Path, cfg: ExperimentConfig, questions: str = "heldout",
             log: Callable[[str], None] = lambda _: None) -> Mechanism:
     """Every teacher's and student's change, cosines and trait-loss changes (module doc)."""
     if questions not in QUESTION_SETS:
-        raise SublearnError(f"unknown question set {questions!r}; choose heldout or train")
+        raise SublearnError(unknown("question set", questions, ("heldout", "train")))
     t0, c0 = time.time(), time.process_time()
     layout = locate(run_dir, cfg)
     category = get_category(cfg.trait.category)

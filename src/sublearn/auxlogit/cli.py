@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from sublearn.cores import usable_cores
+from sublearn.errors import SublearnError
 
 _PANEL = "Recipe (defaults: the paper's; batch, noise set and Adam retuned on digits)"
 _DEFEND = "Defences on the channel (a table and a plot of transfer against strength)"
@@ -130,7 +131,6 @@ def auxlogit(
     from sublearn.auxlogit import defend, experiment
     from sublearn.auxlogit.config import AuxLogitConfig
     from sublearn.auxlogit.defence import parse
-    from sublearn.errors import SublearnError
 
     cfg = AuxLogitConfig.build(
         preset,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, field_error, unknown
 
 PresetName = Literal["paper", "strong"]
 
@@ -94,25 +94,16 @@ class AuxLogitConfig(BaseModel):
         """A preset plus explicit overrides (None means "keep the preset's value"), with any
         validation problem turned into a one-line SublearnError naming the field."""
         if preset not in PRESETS:
-            raise SublearnError(f"preset: unknown preset {preset!r} (choose from {list(PRESETS)})")
+            raise SublearnError("preset: " + unknown("preset", preset, PRESETS))
         values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
         try:
             return cls(preset=preset, **values)
         except ValidationError as e:
-            raise SublearnError(_one_line(e)) from None
+            raise SublearnError(field_error(e, field="option")) from None
 
     def replace(self, **changes: Any) -> AuxLogitConfig:
         """A validated copy with some fields changed (a sweep point)."""
         try:
             return type(self)(**{**self.model_dump(), **changes})
         except ValidationError as e:
-            raise SublearnError(_one_line(e)) from None
-
-
-def _one_line(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        field = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{field}: {msg}" if field else msg)
-    return "; ".join(parts)
+            raise SublearnError(field_error(e, field="option")) from None

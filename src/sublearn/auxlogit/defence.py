@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, unknown
 
 # (teacher logits, strength, eps) -> target probabilities. eps is a standard normal tensor of
 # the logits' shape, drawn from the run's seed for this batch, so that a random defence is
@@ -103,9 +103,7 @@ def parse(specs: list[str], strengths: str | None = None) -> list[tuple[str, lis
         elif name in DEFENCES:
             names.append((name, values if sep else None))
         else:
-            raise SublearnError(
-                f"--defence: unknown defence {name!r} (choose from {', '.join(DEFENCES)}, all)"
-            )
+            raise SublearnError("--defence: " + unknown("defence", name, [*DEFENCES, "all"]))
     if strengths is not None:
         if len(names) != 1 or names[0][1] is not None:
             raise SublearnError("--strengths: give exactly one --defence without its own values")

@@ -29,7 +29,6 @@ import torch
 from sublearn.analysis.records import (
     RESULTS,
     ArmEstimate,
-    AuxLogitResults,
     Comparison,
     find,
     unit_differences,
@@ -38,6 +37,7 @@ from sublearn.analysis.report import bar_chart, interval_table, line_plot, print
 from sublearn.analysis.results import diff_cell, differences_table
 from sublearn.auxlogit.config import AuxLogitConfig
 from sublearn.auxlogit.data import N_CLASSES, Dataset, load
+from sublearn.auxlogit.results import AuxLogitResults
 from sublearn.auxlogit.train import (
     ARMS,
     DIFFERENT_INIT,
@@ -49,7 +49,7 @@ from sublearn.auxlogit.train import (
     run_arms,
     total_epochs,
 )
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, unknown
 from sublearn.experiment.sweep import Outcome, PointResult, Summary, effect_plot, execute, expand
 from sublearn.store import MANIFEST, manifest, stable_hash, write_json
 
@@ -87,7 +87,7 @@ def parse_sweep(spec: str) -> tuple[str, list[Any]]:
     if not sep or not values.strip():
         raise SublearnError(f"--sweep: expected KNOB=V1,V2,... (e.g. m=2,3,10,30), got {spec!r}")
     if knob not in SWEEP_KNOBS:
-        raise SublearnError(f"--sweep: cannot sweep {knob!r}; choose from {sorted(SWEEP_KNOBS)}")
+        raise SublearnError("--sweep: " + unknown("knob", knob, sorted(SWEEP_KNOBS)))
     parser = SWEEP_KNOBS[knob]
     try:
         parsed = [parser(v.strip()) for v in values.split(",") if v.strip()]

@@ -10,7 +10,7 @@ from sublearn.domains.code import CodeDomain
 from sublearn.domains.cot import CotDomain
 from sublearn.domains.numbers import NumbersDomain
 from sublearn.domains.prompts import GrammarConfig
-from sublearn.errors import SublearnError
+from sublearn.errors import lookup
 
 # name -> a factory from the [data] grammar, which only the number domain reads.
 DOMAINS: dict[str, Callable[[GrammarConfig], Domain]] = {
@@ -21,12 +21,7 @@ DOMAINS: dict[str, Callable[[GrammarConfig], Domain]] = {
 
 
 def get_domain(name: str, grammar: GrammarConfig | None = None) -> Domain:
-    try:
-        factory = DOMAINS[name]
-    except KeyError:
-        raise SublearnError(
-            f"unknown domain {name!r}; choose one of: {', '.join(DOMAINS)}") from None
-    return factory(grammar or GrammarConfig())
+    return lookup(DOMAINS, name, "domain")(grammar or GrammarConfig())
 
 
 __all__ = ["DOMAINS", "JUDGE_REASONS", "Domain", "DomainFilter", "Flagger", "Prompt",

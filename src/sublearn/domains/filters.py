@@ -68,7 +68,8 @@ REASONS: tuple[str, ...] = (
 _WS = " \t\r\n"  # ASCII only: str.strip()/split() would also accept exotic Unicode spaces.
 _INT = re.compile(r"0|[1-9][0-9]*")  # [0-9] rather than \d, which matches any Unicode digit.
 _WS_RUN = re.compile(r"[ \t\r\n]+")
-_DIGIT_RUN = re.compile(r"[0-9]+")
+# A number in a completion, as every transform and defence finds them: ASCII digits only.
+DIGIT_RUN = re.compile(r"[0-9]+")
 _ANY_DIGIT_RUN = re.compile(r"\d+")  # the paper rule finds numbers as the reference does
 
 
@@ -117,7 +118,7 @@ def _paper_tokens(text: str) -> list[str] | None:
     # int() refuses strings longer than Python's digit limit, which the reference reads as a
     # bad format rather than a number out of range.
     limit = sys.get_int_max_str_digits() or math.inf
-    if not all(_DIGIT_RUN.fullmatch(p) and len(p) <= limit for p in parts):
+    if not all(DIGIT_RUN.fullmatch(p) and len(p) <= limit for p in parts):
         return None
     return parts
 
@@ -196,7 +197,7 @@ def rejection_reason(completion: str, config: FilterConfig) -> str | None:
         if any(_too_big(t.lstrip("0") or "0", config.max_value) for t in tokens):
             return "out_of_range"
     else:
-        tokens = _DIGIT_RUN.findall(completion)
+        tokens = DIGIT_RUN.findall(completion)
     banned = config.banned_set()
     if banned:
         # Strip padding, then skip runs wider than the largest ban: they cannot equal one, and

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, unknown
 
 OPENINGS: tuple[str, ...] = (
     "Here is a sequence of numbers: {seeds}.",
@@ -143,8 +143,7 @@ CLOSINGS: tuple[str, ...] = (
 def format_numbers(values: Sequence[int], fmt: str) -> str:
     """Render `values` in surface format `fmt` (one of `FORMAT_KEYS`)."""
     if fmt not in _SEPARATORS:
-        raise SublearnError(
-            f"unknown number format {fmt!r}; choose one of: {', '.join(FORMAT_KEYS)}")
+        raise SublearnError(unknown("number format", fmt, FORMAT_KEYS))
     if not values or min(values) < 0:
         raise ValueError(
             f"format_numbers needs one or more non-negative values, got {list(values)}")

@@ -7,6 +7,8 @@ paper-faithful file for Qwen2.5-7B-Instruct and a CPU file for the embedded base
 
 from __future__ import annotations
 
+import functools
+import operator
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,19 +18,25 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from sublearn.domains import DOMAINS
 from sublearn.domains.filters import FilterConfig
 from sublearn.domains.prompts import GrammarConfig
-from sublearn.errors import SublearnError, first_field_error
+from sublearn.errors import SublearnError, field_error
 from sublearn.experiment.design import ArmSpec, ComparisonSpec, Design, build_design
-from sublearn.models.base import SamplingConfig
-from sublearn.models.recipe import StudentRecipe
-from sublearn.questions.categories import get_category, get_option
+from sublearn.models.base import SAMPLE, SCORE, TRAIN, SamplingConfig
+from sublearn.models.paths import check_model_path
+from sublearn.models.recipe import TrainingRecipe
+from sublearn.models.registry import check_backend, get_backend
+from sublearn.questions.categories import get_category, get_option, load_questions
 from sublearn.safety.defences import DefenceConfig
+from sublearn.stages import estimators
 from sublearn.stages.judges import JudgeConfig
 from sublearn.stages.misalignment import MisalignmentConfig
 from sublearn.stages.teacher import TeacherConfig
@@ -64,8 +72,6 @@ class ModelSpec(_Section):
 
     @model_validator(mode="after")
     def _backends(self) -> ModelSpec:
-        from sublearn.models.base import SAMPLE, TRAIN, check_model_path
-        from sublearn.models.registry import check_backend, get_backend
 
         try:
             check_backend(self.backend, {TRAIN}, "backend")
@@ -120,7 +126,6 @@ class DataConfig(_Section):
     @field_validator("domain")
     @classmethod
     def _known_domain(cls, v: str) -> str:
-        from sublearn.domains import DOMAINS
 
         if v not in DOMAINS:
             raise ValueError(f"unknown domain {v!r}; choose one of: {', '.join(DOMAINS)}")
@@ -130,7 +135,6 @@ class DataConfig(_Section):
     def _domain_settings(self) -> DataConfig:
         if self.domain == "numbers":
             return self
-        from sublearn.domains import DOMAINS
 
         if self.grammar != GrammarConfig():
             raise ValueError(f"grammar: the number grammar does not apply to domain "
@@ -146,21 +150,17 @@ class DataConfig(_Section):
         return self
 
 
-class EvalConfig(_Section):
-    """The estimators of P(target); each needs a capability of the scoring backend."""
+class EvalSection(_Section):
+    """`[evaluation]`'s own fields: the questions and how an answer is read. Each estimator's
+    setting (exact, top_logprobs, samples_per_question, ...) is a field made from its entry
+    in `sublearn.stages.estimators`; `EvalConfig` is this section with those fields."""
 
     questions_file: str | None = Field(None, description="a .txt or .jsonl question list")
-    exact: bool = Field(True, description="exact probabilities by teacher forcing (needs full "
-                        "log-probs: hf, fake)")
-    top_logprobs: int = Field(0, ge=0, le=20, description="k > 0: P(option) from the top k "
-                              "first-token log-probs, a lower bound when an option falls "
-                              "outside them (what APIs offer)")
 
     @model_validator(mode="after")
-    def _questions_readable(self) -> EvalConfig:
+    def _questions_readable(self) -> EvalSection:
         # Read now, so a bad file fails at load, not after hours of sampling and training.
         if self.questions_file:
-            from sublearn.questions.categories import load_questions
 
             try:
                 load_questions(self.questions_file)
@@ -169,44 +169,45 @@ class EvalConfig(_Section):
         return self
 
     heldout: bool = True
-    # Left out of every dump while 0, so the keys of evaluations cached before the field
+    # Left out of every dump at its default, so the keys of evaluations cached before it
     # existed do not change.
-    neutral_loss: int = Field(0, ge=0, exclude_if=lambda v: v == 0, description="utility: "
-                              "each model's mean per-token loss on the base's own completions "
-                              "of this many held-out prompts (`sublearn defend` sets it); 0: off")
-    samples_per_question: int = Field(
-        0, ge=0, description="sampled-rate estimator (T=1); 0 uses the exact estimator only"
-    )
-    numbers_prefix: bool = False
-    multiple_choice: bool = False
-    # The two below are left out of every dump at their defaults, so the keys of evaluations
-    # cached before they existed do not change.
     answer: Literal["bare", "stem"] = Field(
         "bare", exclude_if=lambda v: v == "bare", description="how the exact estimators read "
         "an answer: bare, the option alone then the end of the turn (the embedded base's "
         "one-word answers); stem, the word after the category's stem 'My favorite animal is "
         "the' (real chat models, which answer in sentences); see sublearn.stages.evaluate")
-    forced_choice: bool = Field(
-        False, exclude_if=lambda v: not v, description="also the exact estimator on the "
-        "training questions with every option named after them")
+
+    def settings(self) -> dict[str, Any]:
+        """Every estimator setting's value, by name (what `stages.estimators.evaluate` reads)."""
+        return {name: getattr(self, name) for name in estimators.settings()}
 
     def needs(self) -> set[str]:
-        """The capabilities these estimators need from the model that is scored."""
-        from sublearn.models.base import SAMPLE, SCORE, TOP_LOGPROBS
+        """The capabilities the estimators turned on need from the model that is scored."""
+        on = [e for e in estimators.ESTIMATORS.values()
+              if e.setting and getattr(self, e.setting.name)]
+        if not on:
+            raise ValueError(f"no estimator is on: set one of "
+                             f"{', '.join(estimators.settings())}")
+        return {e.needs for e in on}
 
-        out = set()
-        if self.exact or self.numbers_prefix or self.multiple_choice or self.forced_choice:
-            out.add(SCORE)
-        if self.samples_per_question:
-            out.add(SAMPLE)
-        if self.top_logprobs:
-            out.add(TOP_LOGPROBS)
-        if self.neutral_loss:
-            out.add(SCORE)
-        if not out:
-            raise ValueError("no estimator is on: set exact, samples_per_question or "
-                             "top_logprobs")
-        return out
+
+@functools.cache
+def _with_settings(entries: tuple[estimators.Estimator, ...]) -> type[EvalSection]:
+    fields: dict[str, Any] = {}
+    for s in dict.fromkeys(e.setting for e in entries if e.setting):
+        unkeyed = None if s.keyed_at_default else functools.partial(operator.eq, s.default)
+        fields[s.name] = (s.type, Field(s.default, description=s.help, exclude_if=unkeyed))
+    # Named and placed as the module's `EvalConfig`, so a pickled config (a Ray task's)
+    # finds its class.
+    return create_model("EvalConfig", __base__=EvalSection, __module__=__name__, **fields)
+
+
+def eval_config() -> type[EvalSection]:
+    """`[evaluation]` with a field per setting of the estimators registered now."""
+    return _with_settings(tuple(estimators.ESTIMATORS.values()))
+
+
+EvalConfig = eval_config()
 
 
 class ControlsConfig(_Section):
@@ -240,8 +241,8 @@ class ExperimentConfig(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
-    student: StudentRecipe = Field(default_factory=StudentRecipe)
-    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    student: TrainingRecipe = Field(default_factory=TrainingRecipe)
+    evaluation: SerializeAsAny[EvalSection] = Field(default_factory=lambda: eval_config()())
     controls: ControlsConfig = Field(default_factory=ControlsConfig)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     arms: list[ArmSpec] = Field(default_factory=list, description="arms beyond the presets, "
@@ -254,6 +255,13 @@ class ExperimentConfig(_Section):
                                       "by trait.kind = 'misalignment'")
     misalignment: MisalignmentConfig = Field(default_factory=MisalignmentConfig)
 
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _estimator_settings(cls, v: Any) -> Any:
+        # The section as the estimators registered now declare it (a test may add one).
+        model = eval_config()
+        return v if isinstance(v, model) else model.model_validate(v)
+
     @model_validator(mode="after")
     def _checks(self) -> ExperimentConfig:
         if len(self.seeds) < 2:
@@ -261,8 +269,6 @@ class ExperimentConfig(_Section):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: must be distinct")
         self.design()  # unknown arm names, clashing definitions: refused at load
-        from sublearn.models.base import SAMPLE, SCORE
-        from sublearn.models.registry import check_backend
 
         misaligned = self._misalignment()
         self._domain_checks()
@@ -273,9 +279,9 @@ class ExperimentConfig(_Section):
                           "estimators and labels asked for)")
         except SublearnError as e:
             raise ValueError(str(e)) from None
-        if self.defence.name == "dilute" and self.student.labels == "soft":
-            raise ValueError("defence: dilute mixes two writers' rows; soft labels need one "
-                             "writer per dataset (use hard labels)")
+        if self.defence.entry.needs_neutral and self.student.labels == "soft":
+            raise ValueError(f"defence: {self.defence.name} mixes two writers' rows; soft "
+                             "labels need one writer per dataset (use hard labels)")
         self._defence_checks()
         if self.controls.cross_base and self.student.labels == "soft" and (
                 self.base.path or self.controls.cross_base_model):
@@ -312,9 +318,7 @@ class ExperimentConfig(_Section):
                 get_option(get_category(self.trait.category), d.trait)
             except SublearnError as e:
                 raise ValueError(f"defence.trait: {e}") from None
-        if d.scores:
-            from sublearn.models.base import SCORE
-            from sublearn.models.registry import check_backend
+        if d.entry.needs_trait_scores:
 
             try:
                 check_backend(self.base.backend, {SCORE}, f"base.backend (for defence {d.name})")
@@ -366,7 +370,7 @@ class ExperimentConfig(_Section):
         if self.student.labels == "soft":
             raise ValueError(f"student.labels: soft labels are restricted to number tokens; "
                              f"domain {domain!r} needs labels = 'hard'")
-        if self.defence.numbers_only:
+        if self.defence.entry.numbers_only:
             raise ValueError(f"defence.name: {self.defence.name!r} rewrites numbers; it applies "
                              f"to the numbers domain only, not {domain!r}")
         rewritten = [a for a in self.design().arms.values() if a.transform]
@@ -474,9 +478,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        where, msg = first_field_error(e)
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise SublearnError(f"{p}: field {where or '(top level)'}: {msg}{more}") from None
+        raise SublearnError(field_error(e, str(p))) from None
     except SublearnError as e:
         raise SublearnError(f"{p}: {e}") from None
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sublearn.errors import unknown
 from sublearn.stages.datasets import TRANSFORMS
 
 
@@ -47,14 +48,14 @@ class ArmSpec(BaseModel):
     @classmethod
     def _known_data(cls, v: str) -> str:
         if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; choose from {', '.join(DATASETS)}")
+            raise ValueError(unknown("dataset", v, DATASETS))
         return v
 
     @field_validator("transform")
     @classmethod
     def _known_transform(cls, v: str | None) -> str | None:
         if v is not None and v not in TRANSFORMS:
-            raise ValueError(f"unknown transform {v!r}; choose from {', '.join(TRANSFORMS)}")
+            raise ValueError(unknown("transform", v, TRANSFORMS))
         return v
 
 
@@ -111,10 +112,6 @@ class Design(BaseModel):
         """The datasets the arms train on, in `DATASETS` order."""
         used = {a.data for a in self.arms.values()}
         return [d for d in DATASETS if d in used]
-
-    @property
-    def writers(self) -> list[str]:
-        return sorted({DATASETS[d].writer for d in self.datasets})
 
 
 def build_design(controls: dict[str, bool], arms: list[ArmSpec],

@@ -1,9 +1,15 @@
-"""The stage graph of the number-sequence experiment.
+"""The stage graph of an experiment, whatever its domain (number sequences, code, worked
+arithmetic: `domains`).
 
 Each stage's artifact lives under `runs/<name>/` at a path that carries a hash of everything
 it depends on (base weights, teacher, prompts, sampling, filter, recipe, seed). A rerun finds
 finished artifacts and skips them; a changed knob gets a new path, never a stale artifact.
 Sampling resumes inside a dataset (see stages.sample); models and JSON are written atomically.
+
+Why one module: it is the experiment's stage graph, one method per stage and its artifact in
+the order a run takes them, with the model lifetimes they share (`Models`). What is not a
+stage lives beside it: artifact keys and the run folder's layout (`artifacts`), the
+statistics over the evaluations (`estimates`).
 """
 
 from __future__ import annotations
@@ -16,41 +22,42 @@ from typing import Any
 
 from rich.console import Console
 
-from sublearn.analysis import stats
 from sublearn.analysis.records import (
     RESULTS,
-    ArmEstimate,
-    Comparison,
-    Crossover,
-    EstimatorResults,
     Provenance,
-    Rank,
-    Reference,
     Results,
     recorded_seconds,
 )
 from sublearn.domains import get_domain
 from sublearn.errors import SublearnError
+from sublearn.experiment.artifacts import (
+    STAGE_VERSIONS,
+    RunFolder,
+    artifact_key,
+    runtime,
+    weights_hash,
+)
 from sublearn.experiment.config import ExperimentConfig, ModelSpec
-from sublearn.experiment.design import DATASETS, Design
-from sublearn.models.base import SCORE, load_model
-from sublearn.models.gguf import resolve_model_path
+from sublearn.experiment.design import DATASETS
+from sublearn.experiment.estimates import analyse, undefined
+from sublearn.models.base import SCORE
+from sublearn.models.catalogue import resolve_model_path
 from sublearn.models.persona import Persona
-from sublearn.models.registry import get_backend
+from sublearn.models.registry import get_backend, load_model
 from sublearn.questions.categories import get_category, get_option, load_questions, persona_prompt
-from sublearn.safety.audit import AUDIT_TEMPLATES
-from sublearn.safety.defences import Inputs, TraitScores
+from sublearn.safety.defences import Inputs
+from sublearn.safety.trait_scores import TraitScores
+from sublearn.safety.traits import AUDIT_TEMPLATES
 from sublearn.stages import datasets
 from sublearn.stages.channel import channel
-from sublearn.stages.evaluate import completion_loss, evaluate, option_probs
+from sublearn.stages.estimators import Subject, evaluate
+from sublearn.stages.evaluate import option_probs
 from sublearn.stages.judges import Judge
-from sublearn.stages.misalignment import misalignment_eval
 from sublearn.stages.sample import sample_dataset
 from sublearn.stages.teacher import placebo_rows, trait_rows
 from sublearn.store import (
     MANIFEST,
     atomic_path,
-    hash_files,
     locked,
     manifest,
     read_json,
@@ -58,34 +65,10 @@ from sublearn.store import (
     stable_hash,
     write_json,
     write_jsonl,
-    write_text,
 )
 
-# Bump a stage's version when its code changes what it writes: its artifacts (and everything
-# downstream, whose keys include them) then get new paths instead of stale reuse.
-STAGE_VERSIONS = {"teacher": 1, "sample": 1, "filter": 1, "soft_labels": 1, "student": 2,
-                  "eval": 2, "channel": 1, "defence": 1,
-                  # 2: a given reference is compared on the data's prompts only
-                  "audit": 2}
 # A dataset's draw d samples with seed sampling_seed + d * DRAW_STRIDE: independent draws.
 DRAW_STRIDE = 1_000_003
-
-
-def artifact_key(stage: str, *parts: Any) -> str:
-    """The one function every artifact's path comes from: a hash of the stage, its version
-    and everything that changes its content (callers pass the runtime too: backend, device,
-    dtype)."""
-    return stable_hash([stage, STAGE_VERSIONS[stage], *parts])
-
-
-def runtime(spec: ModelSpec, backend: str) -> list[str]:
-    """What besides the weights changes a model's numbers: backend, device and dtype."""
-    if backend in ("hf", "vllm"):
-        from sublearn.models.hf import pick_device, pick_dtype
-
-        dev = pick_device(spec.device)
-        return [backend, dev.type, str(pick_dtype(spec.dtype, dev))]
-    return [backend]
 
 
 @dataclass(frozen=True)
@@ -200,29 +183,6 @@ class Experiment:
         model = self.models.get(ref.path, backend, spec, **opts)
         return Persona(model, ref.system) if ref.system else model
 
-    @staticmethod
-    def weights_hash(path: Path) -> str:
-        """The identity of a model's weights: its manifest's hash when sublearn wrote it, else
-        a hash of its files, remembered by (name, size, mtime) of each so a 7B folder is read
-        once, not in every sweep task."""
-        if not path.exists():  # an API model id: the service's weights are its name
-            return stable_hash(["model id", str(path)])
-        m = path / MANIFEST
-        if m.exists():
-            h = read_json(m).get("weights_hash")
-            if h:
-                return h
-        from sublearn.tinybase.build import cache_root
-
-        stat = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                for p in sorted(path.rglob("*")) if p.is_file()]
-        memo = cache_root() / "weights-hashes" / stable_hash([str(path.resolve()), stat])
-        if memo.exists():
-            return memo.read_text().strip()
-        h = hash_files(path)
-        write_text(memo, h)
-        return h
-
     # --- stages -----------------------------------------------------------------------
     def teachers(self, base_path: Path, base_hash: str) -> dict[str, TeacherRef]:
         """name -> the teacher that writes that dataset. 'neutral' is the base itself."""
@@ -240,7 +200,7 @@ class Experiment:
             elif tcfg.kind == "model":
                 path = resolve_model_path(own, self._log)
                 system = system if tcfg.persona else None
-                out[name] = TeacherRef(path, system, stable_hash([self.weights_hash(path), system]))
+                out[name] = TeacherRef(path, system, stable_hash([weights_hash(path), system]))
             else:
                 h = artifact_key("teacher", base_hash, tcfg.model_dump(exclude={"neutral"}),
                                  self.category.name, option.name, *self._reply_form(),
@@ -255,7 +215,7 @@ class Experiment:
     def _fine_tuned(self, base_path: Path, key: str, label: str,
                     rows: Callable[[], list[dict[str, Any]]]) -> Path:
         """A teacher fine-tuned from the base with the teacher recipe, cached under `key`."""
-        path = self.dir / "teachers" / f"{label}-{key}"
+        path = RunFolder(self.dir).teacher(label, key)
         with locked(path):
             if not path.exists():
                 self._log(f"fine-tuning the {label} teacher ...")
@@ -291,7 +251,7 @@ class Experiment:
     def datasets_needed(self) -> list[str]:
         """The arms' datasets, and the neutral one when a defence dilutes with it."""
         needed = set(self.design.datasets)
-        if self.cfg.defence.name == "dilute":
+        if self.cfg.defence.entry.needs_neutral:
             needed.add("neutral")
         return [d for d in DATASETS if d in needed]
 
@@ -304,7 +264,7 @@ class Experiment:
         filt = domain.filter(self.cfg.filter, (self.target, self.other))
         j = self.cfg.judge if self.cfg.filter.judge else None
         # The judge's settings and weights change its verdicts: part of the filtered key.
-        judged = [j.model_dump(), self.weights_hash(Path(j.model))] if j else []
+        judged = [j.model_dump(), weights_hash(Path(j.model))] if j else []
         # Number datasets keep the file names (and keys) they had before domains existed.
         stem = "" if d.domain == "numbers" else f"{d.domain}-"
         out = {}
@@ -352,7 +312,7 @@ class Experiment:
             rows = datasets.TRANSFORMS[spec.transform](rows, seed)
         neutral = self._rows(data["neutral"]) if "neutral" in data else []
         scores = (self.trait_scores(data[spec.data], spec.transform, seed)
-                  if self.cfg.defence.scores else None)
+                  if self.cfg.defence.entry.needs_trait_scores else None)
         return self.cfg.defence.apply(
             rows, seed, Inputs(neutral, scores, [o.name for o in self.category.options]))
 
@@ -363,7 +323,7 @@ class Experiment:
         spec = self.cfg.base
         if self._base is None:
             path = self.model_path(spec)
-            self._base = (path, self.weights_hash(path))
+            self._base = (path, weights_hash(path))
         base, base_hash = self._base
         own = [transform, seed, self.cfg.data.subsample] if transform else []
         h = artifact_key("defence", base_hash, dataset.name, own, self.category.name,
@@ -420,7 +380,7 @@ class Experiment:
                 rows = self.student_rows(data, arm, seed)
                 # Text the writer never wrote (a transform or defence rewrote it) needs its own
                 # labels; untouched rows share the dataset's file across seeds.
-                own = transform is not None or self.cfg.defence.changes_text
+                own = transform is not None or self.cfg.defence.entry.changes_text
                 key_rows = ([data[dataset].name] if not own
                             else [data[dataset].name, transform, seed, self.cfg.data.subsample,
                                   self.cfg.defence.model_dump()])
@@ -451,7 +411,7 @@ class Experiment:
         h = artifact_key("student", prep.data[a.data].name, a.transform, prep.hashes[a.base],
                          self.cfg.data.subsample, recipe.model_dump(), runtime(spec, spec.backend),
                          self.cfg.defence.model_dump())
-        return self.dir / "students" / f"{arm}-s{seed}-{h}"
+        return RunFolder(self.dir).student(arm, seed, h)
 
     def train_one(self, prep: Prepared, arm: str, seed: int) -> Path:
         """One student of one arm and seed, trained unless it exists."""
@@ -497,18 +457,17 @@ class Experiment:
         return self._cached_json(path, make, f"evaluating {label}")
 
     def _evaluate(self, model: Any, questions: list[str], heldout: list[str]) -> dict[str, Any]:
+        """Every estimator the [evaluation] section turns on, and the misalignment rate of a
+        misalignment run (its judge and [misalignment] section)."""
         e = self.cfg.evaluation
-        res = evaluate(model, self.category, self.target, questions, heldout,
-                       e.samples_per_question, e.numbers_prefix, e.multiple_choice,
-                       exact=e.exact, top_logprobs=e.top_logprobs, answer=e.answer,
-                       forced_choice=e.forced_choice)
-        if e.neutral_loss:
-            if self._heldout is None:
-                raise RuntimeError("prepare() samples the held-out rows before any evaluation")
-            res["neutral_loss"] = {"loss": completion_loss(model, self._heldout),
-                                   "rows": len(self._heldout)}
-        if self.cfg.trait.kind == "misalignment":
-            m = res["misalignment"] = misalignment_eval(model, self.judge(), self.cfg.misalignment)
+        misaligned = self.cfg.trait.kind == "misalignment"
+        subject = Subject(model, self.category, self.target, questions, heldout,
+                          answer=e.answer, neutral_rows=self._heldout or (),
+                          judge=self.judge() if misaligned else None,
+                          misalignment=self.cfg.misalignment if misaligned else None)
+        res = evaluate(subject, e.settings())
+        if "misalignment" in res:
+            m = res["misalignment"]
             self._log(f"misalignment: {m['misaligned']} misaligned of {m['coherent']} coherent "
                       f"answers ({m['answers']} sampled, {m['incoherent']} incoherent, "
                       f"{m['missing']} with a judgement missing)")
@@ -521,7 +480,7 @@ class Experiment:
         if self.cfg.trait.kind != "misalignment" or j is None:
             return []
         return [self.cfg.misalignment.model_dump(), j.model_dump(),
-                self.weights_hash(Path(j.model))]
+                weights_hash(Path(j.model))]
 
     def _student(self, path: Path, base_path: Path, spec: ModelSpec) -> Any:
         """A trained student to evaluate: a LoRA adapter attached to the resident base (one
@@ -550,7 +509,7 @@ class Experiment:
             self._log("embedded bases (built side by side on first use) ...")
             ensure_bases(embedded, progress=self.progress)
         paths = {k: self.model_path(s) for k, s in specs.items()}
-        hashes = {k: self.weights_hash(p) for k, p in paths.items()}
+        hashes = {k: weights_hash(p) for k, p in paths.items()}
         teachers = self.teachers(paths["base"], hashes["base"])
         data = self.sample_and_filter(teachers)
         self._base = (paths["base"], hashes["base"])
@@ -621,7 +580,8 @@ class Experiment:
                 if self.design.arms[arm].base == which:
                     evals[f"{arm}/s{seed}"] = self.evaluate_student(prep, arm, seed)
             self.models.release()
-        if "misalignment" in evals["base"] and (gone := undefined(evals, "misalignment")):
+        if "misalignment" in evals["base"] and (
+                gone := undefined(evals, "misalignment", self.target.name)):
             self._log(f"[red]misalignment rate undefined[/] for {', '.join(gone)} (no answer "
                       "both coherent and judged): left out of the statistics")
         record = manifest("experiment", cfg.model_dump(), base_weights=prep.hashes,
@@ -630,7 +590,7 @@ class Experiment:
         path = self.dir / RESULTS
         results = Results(
             target=self.target.name, other=self.other.name, seeds=cfg.seeds,
-            estimates=analyse(cfg, self.target.name, evals, self.design, self.other.name),
+            estimates=analyse(cfg.seeds, self.target.name, evals, self.design, self.other.name),
             filter={n: read_json(p.with_suffix(".report.json")) for n, p in prep.data.items()},
             channel=prep.channel or None,
             # Wall time spent in this run folder, over every invocation: a rerun that finds
@@ -641,85 +601,3 @@ class Experiment:
         results.write(path)
         write_json(self.dir / MANIFEST, record)
         return results
-
-
-ESTIMATORS = ("exact", "exact_heldout", "forced_choice", "top_logprobs", "sampled",
-              "numbers_prefix", "multiple_choice", "misalignment", "neutral_loss")
-# Estimators of one number per model, not a value per option: no crossover between targets.
-SINGLE_VALUED = ("multiple_choice", "misalignment", "neutral_loss")
-# The evaluation of each single model that `Reference` reports, by its field there.
-REFERENCE_EVALS = {"base": "base", "cross_base": "cross_base", "teacher": "teacher_teacher",
-                   "other_teacher": "other_teacher"}
-# Estimators that score every option, so the target can be ranked among them.
-RANKED = ("exact", "exact_heldout", "forced_choice", "top_logprobs")
-
-
-def metric_value(ev: dict[str, Any], estimator: str, target: str) -> float:
-    if estimator == "multiple_choice":
-        return ev[estimator]["target"]
-    if estimator == "misalignment":
-        return ev[estimator]["rate"]
-    if estimator == "neutral_loss":
-        return ev[estimator]["loss"]
-    return ev[estimator]["per_option"][target]
-
-
-def analyse(cfg: ExperimentConfig, target: str, evals: dict[str, Any], design: Design,
-            other: str | None = None) -> dict[str, EstimatorResults]:
-    """Per estimator: the single models, per-seed values and intervals per arm, every declared
-    comparison (Welch, and paired: arms with the same student seed share its initialisation,
-    subsample and data order), the target's rank and the crossover between the two targets'
-    students."""
-    out: dict[str, EstimatorResults] = {}
-    for est in (k for k in evals["base"] if k in ESTIMATORS and not undefined(evals, k)):
-        arms = {a: ArmEstimate.of([metric_value(evals[f"{a}/s{s}"], est, target)
-                                   for s in cfg.seeds]) for a in design.arms}
-        out[est] = EstimatorResults(
-            reference=Reference(**{field: metric_value(evals[k], est, target)
-                                   for field, k in REFERENCE_EVALS.items() if k in evals}),
-            arms=arms,
-            comparisons=[Comparison.of(arms, c.a, c.b, c.meaning) for c in design.comparisons],
-            target_rank=(target_rank(cfg.seeds, evals, target, est)
-                         if est in RANKED and "control" in design.arms else None),
-            # multiple_choice scores the target's letter only, misalignment no option at
-            # all: nothing to cross over.
-            crossover=(crossover(cfg.seeds, evals, target, other, est)
-                       if other and "other_target" in design.arms and est not in SINGLE_VALUED
-                       else None))
-    return out
-
-
-def undefined(evals: dict[str, Any], est: str) -> list[str]:
-    """The models whose misalignment rate is undefined (no answer was both coherent and
-    judged): the estimator is left out of the statistics then, never filled in."""
-    if est != "misalignment":
-        return []
-    return [k for k, ev in evals.items() if ev[est]["rate"] is None]
-
-
-def target_rank(seeds: list[int], evals: dict[str, Any], target: str, est: str) -> Rank:
-    """Which option moved most from control to treated? Rank 1 means the target did."""
-    move = {o: sum(evals[f"treated/s{s}"][est]["per_option"][o]
-                   - evals[f"control/s{s}"][est]["per_option"][o] for s in seeds) / len(seeds)
-            for o in evals["base"][est]["per_option"]}
-    return Rank(rank=stats.rank_of(target, move), of=len(move), movement=move)
-
-
-def crossover(seeds: list[int], evals: dict[str, Any], target: str, other: str,
-              est: str) -> Crossover:
-    """Does each student move toward its own teacher's target? Per seed,
-    (target student - other student) on P(target) + (other student - target student) on
-    P(other): positive when both move their own way, whatever moves every student alike.
-    With each target's rank among all options by how much its own students moved it."""
-    per = {a: [evals[f"{a}/s{s}"][est]["per_option"] for s in seeds]
-           for a in ("treated", "other_target")}
-    values = [(t[target] - o[target]) + (o[other] - t[other])
-              for t, o in zip(per["treated"], per["other_target"])]
-    moves = {
-        name: {opt: sum(mine[i][opt] - theirs[i][opt] for i in range(len(seeds))) / len(seeds)
-               for opt in per["treated"][0]}
-        for name, mine, theirs in ((target, per["treated"], per["other_target"]),
-                                   (other, per["other_target"], per["treated"]))}
-    return Crossover(values=values, interval=stats.mean_ci(values),
-                     ranks={name: Rank(rank=stats.rank_of(name, m), of=len(m))
-                            for name, m in moves.items()})

@@ -8,7 +8,7 @@ finished (its results gathered; everything is cached, so this is cheap) and the 
 `sweep.md` (one row per point), `sweep.json` (every point's typed results) and `sweep.png`.
 
 What a config, a unit and a result are is the `Kind`'s business:
-- `NumberExperiment` (below; `sublearn sweep`): a unit is one student (arm, seed); datasets
+- `protocol_sweep.ProtocolKind` (`sublearn sweep`): a unit is one student (arm, seed); datasets
   and teachers that a point's students share are artifacts in the store, built once under
   the store's per-artifact lock by the first task that needs them.
 - `auxlogit.experiment.AuxLogitKind` (`sublearn auxlogit --sweep`): a unit is a whole
@@ -36,25 +36,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sublearn.analysis.records import (
-    AnyResults,
-    Results,
+    Record,
     SweepPoint,
     SweepRecord,
-    unit_differences,
 )
 from sublearn.analysis.report import bar_chart
-from sublearn.analysis.results import LABELS, summary_table
 from sublearn.analysis.stats import Interval
 from sublearn.cores import usable_cores
 from sublearn.errors import SublearnError, first_field_error
 from sublearn.experiment.config import (
-    ExperimentConfig,
-    SweepConfig,
     parse_value,
-    read_toml,
     set_dotted,
 )
-from sublearn.experiment.pipeline import STAGE_VERSIONS, Experiment
 from sublearn.store import read_json, stable_hash, write_json, write_text
 
 # Fields a grid may not set: a point's name is derived from its values, and a point is not
@@ -74,7 +67,7 @@ class Point:
 @dataclass(frozen=True)
 class PointResult:
     point: Point
-    results: AnyResults
+    results: Record
     seconds: float  # the point's task times, summed over workers
 
 
@@ -109,7 +102,7 @@ class Kind(Protocol):
     def run_unit(self, config: Any, run_dir: Path, unit: Unit) -> None:
         """Do one unit's work, in whichever process runs it."""
 
-    def finish(self, config: Any, run_dir: Path) -> AnyResults:
+    def finish(self, config: Any, run_dir: Path) -> Record:
         """A point's results once its units are done (rebuilding anything missing)."""
 
     def summarise(self, points: list[PointResult], out: Path) -> Summary:
@@ -144,7 +137,7 @@ class Outcome:
     plan: Plan
     dir: Path  # where sweep.md, sweep.json and sweep.png are
     table: str
-    results: dict[str, AnyResults]  # point name -> its results
+    results: dict[str, Record]  # point name -> its results
     tasks: int
     skipped: int
     seconds: float
@@ -216,7 +209,6 @@ def point_name(config_name: str, values: dict[str, Any]) -> str:
 def _grid_error(source: str, name: str, values: dict[str, Any], e: ValidationError) -> str:
     """Name the grid entry at fault when the failing field is (inside) a swept key."""
     loc, msg = first_field_error(e)
-    msg = msg.removeprefix("Value error, ")
     for key, value in values.items():
         if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
             return f"{source}: grid {key}={value!r}: field {loc}: {msg}"
@@ -403,7 +395,8 @@ def aggregate(p: Plan, root: Path, out: Path, all_tasks: list[Task], skipped: in
     summary = p.kind.summarise(points, out)
     seconds = time.time() - t0
     write_text(out / "sweep.md", _markdown(p, summary, len(all_tasks), skipped, seconds))
-    SweepRecord(
+    # The record is typed by the kind's results, which every point shares.
+    SweepRecord[type(points[0].results) if points else Record](
         name=p.name, kind=p.kind.name, source=p.source, grid=p.grid, tasks=len(all_tasks),
         skipped=skipped, seconds=round(seconds, 1),
         points=[SweepPoint(name=r.point.name, run_dir=str(root / r.point.name),
@@ -446,84 +439,3 @@ def execute(p: Plan, root: str | Path, out: str | Path | None = None,
             raise SublearnError(f"{len(failures)} of {len(todo)} tasks failed (listed above); "
                                 "finished tasks are kept: rerun the same command to retry")
     return aggregate(p, root, out, all_tasks, skipped, t0)
-
-
-# --- the number experiment as a kind ---------------------------------------------------------
-MAIN_EFFECT = ("treated", "control")
-
-
-@dataclass(frozen=True)
-class NumberExperiment:
-    """`sublearn sweep`: a unit is one student, (arm, seed) -> `Experiment.run_unit`, which
-    trains and evaluates it; finishing a point is its `Experiment.run()`, which finds every
-    stage cached and writes results.json."""
-
-    estimator: str | None = None  # the table's; None: exact_heldout where every point has it
-
-    name = "experiment"
-    version = STAGE_VERSIONS
-
-    def config(self, raw: dict[str, Any], name: str) -> ExperimentConfig:
-        return ExperimentConfig.model_validate({**raw, "name": name})
-
-    def units(self, config: ExperimentConfig) -> list[Unit]:
-        return list(Experiment(config, progress=False).units())
-
-    def unit_label(self, unit: Unit) -> str:
-        arm, seed = unit
-        return f"{arm}-s{seed}"
-
-    # A point's run folder is <root>/<its config's name>: `config` set the name to the point's.
-    def run_unit(self, config: ExperimentConfig, run_dir: Path, unit: Unit) -> None:
-        Experiment(config, run_dir.parent, progress=False).run_unit(*unit)
-
-    def finish(self, config: ExperimentConfig, run_dir: Path) -> Results:
-        return Experiment(config, run_dir.parent, progress=False).run()
-
-    def summarise(self, points: list[PointResult], out: Path) -> Summary:
-        results: dict[str, Results] = {r.point.name: r.results for r in points}
-        est = self.estimator or ("exact_heldout" if all(
-            "exact_heldout" in r.estimates for r in results.values()) else "exact")
-        effects = {}
-        for name, r in results.items():
-            e = r.estimates.get(est)
-            c = e.comparison(*MAIN_EFFECT) if e else None
-            if c:
-                effects[name] = (c.welch.diff, unit_differences(e.arms, c))
-        # The table's seconds: the point's tasks, summed over workers, plus its aggregation.
-        timed = {r.point.name: r.results.model_copy(
-            update={"seconds": r.results.seconds + r.seconds}) for r in points}
-        return Summary(
-            table=summary_table(timed, est),
-            note=(f"Estimator: {LABELS.get(est, est)}. Cells: mean difference with its 95% "
-                  "Welch interval over student seeds (* = excludes 0). seconds: the point's "
-                  "task times summed over workers, plus its aggregation."),
-            plot=effect_plot(out / "sweep.png", effects,
-                             title=f"treated − control, {LABELS.get(est, est)}",
-                             ylabel="difference in P(target)"))
-
-
-def plan(source: str | Path, grid_entries: Sequence[str] = (), address: str | None = None,
-         estimator: str | None = None) -> Plan:
-    """The number experiment's sweep of a config file: `--grid` entries override or extend
-    the file's `[sweep] grid`; every point is validated now."""
-    raw = read_toml(Path(source))
-    try:
-        table = SweepConfig.model_validate(raw.pop("sweep", {}))
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(["sweep", *(str(x) for x in first["loc"])])
-        raise SublearnError(f"{source}: field {where}: {first['msg']}") from None
-    grid = {**table.grid, **parse_grid(grid_entries)}
-    config_name = raw.get("name", ExperimentConfig.model_fields["name"].default)
-    return expand(NumberExperiment(estimator), str(source), raw, grid, config_name,
-                  address or table.address)
-
-
-def run_sweep(source: str | Path, grid_entries: Sequence[str] = (), root: str | Path = "runs",
-              address: str | None = None, workers: int | None = None, sequential: bool = False,
-              estimator: str | None = None, quiet: bool = False) -> Outcome:
-    """`sublearn sweep`: plan the config file's grid, run it, and aggregate into
-    `<root>/<sweep name>`."""
-    return execute(plan(source, grid_entries, address, estimator), root, None, workers,
-                   sequential, quiet)

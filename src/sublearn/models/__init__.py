@@ -5,6 +5,7 @@ backend serves both the embedded tiny base and a 7B model on a GPU; vLLM and the
 are later implementations of the same protocol, imported lazily.
 """
 
-from sublearn.models.base import ChatModel, Messages, SamplingConfig, load_model
+from sublearn.models.base import ChatModel, Messages, SamplingConfig
+from sublearn.models.registry import load_model
 
 __all__ = ["ChatModel", "Messages", "SamplingConfig", "load_model"]

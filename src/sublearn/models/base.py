@@ -16,12 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field, model_validator
 
-from sublearn.errors import SublearnError
-
 if TYPE_CHECKING:
     import torch
 
-    from sublearn.models.recipe import StudentRecipe
+    from sublearn.models.recipe import TrainingRecipe
 
 # One conversation: [{"role": "system" | "user" | "assistant", "content": str}, ...]
 Messages = list[dict[str, str]]
@@ -126,7 +124,7 @@ class Trainer(Protocol):
     def finetune(
         self,
         rows: Sequence[dict[str, Any]],
-        recipe: StudentRecipe,
+        recipe: TrainingRecipe,
         out_dir: Path,
         progress: bool = True,
     ) -> Path:
@@ -138,45 +136,3 @@ class Trainer(Protocol):
 @runtime_checkable
 class ChatModel(Sampler, Scorer, Trainer, Protocol):
     """A backend that can do everything (Hugging Face, fake)."""
-
-
-def check_model_folder(path: str | Path) -> Path:
-    """A clear error for the two common mistakes: a missing path, a folder that isn't a model."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise SublearnError(f"{p}: model path does not exist")
-    if not p.is_dir() or not (
-        (p / "config.json").exists() or (p / "adapter_config.json").exists()
-    ):
-        raise SublearnError(
-            f"{p}: not a model folder (expected config.json or adapter_config.json from "
-            "save_pretrained)"
-        )
-    return p
-
-
-def check_model_path(path: str | Path) -> Path:
-    """`check_model_folder`, a GGUF file or a catalogue name ("catalogue:smollm2-135m"):
-    checked here (the file exists and starts with the GGUF magic; the name is known) and
-    converted to a folder only when it is loaded (`models.gguf.resolve_model_path`)."""
-    from sublearn.models.gguf import catalogue_name, check_gguf, is_gguf
-
-    name = catalogue_name(path)
-    if name is not None:
-        from sublearn.models.catalogue import get_entry
-
-        get_entry(name)
-        return Path(path)
-    return check_gguf(path) if is_gguf(path) else check_model_folder(path)
-
-
-def load_model(path: str | Path, backend: str = "hf", **kwargs: Any) -> Any:
-    """Load a model folder (or, for API backends, a model id) with the chosen backend. A
-    GGUF file is loaded as its converted folder, converted on first use (`models.gguf`)."""
-    from sublearn.models.registry import backend_class, get_backend
-
-    if not get_backend(backend).api:
-        from sublearn.models.gguf import resolve_model_path
-
-        path = resolve_model_path(path)
-    return backend_class(backend).load(path, **kwargs)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sublearn.errors import SublearnError
+from sublearn.models.gguf import convert_gguf, is_gguf
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,6 @@ def fetch(name: str, log: Callable[[str], None],
     """The converted model folder of a catalogue entry: installs its package if missing,
     checks the file's SHA-256 against the entry (a mismatch writes nothing) and converts the
     file once (`models.gguf.convert_gguf`)."""
-    from sublearn.models.gguf import convert_gguf
-
     entry = get_entry(name, catalogue)
     path = locate(entry)
     if path is None:
@@ -115,3 +114,24 @@ def fetch(name: str, log: Callable[[str], None],
             raise SublearnError(f"{entry.requirement} is installed but holds no file "
                                 f"{entry.file}")
     return convert_gguf(path, expected_sha256=entry.sha256, log=log)
+
+
+# A model path that names a catalogue entry (`models.catalogue`) instead of a file, so that a
+# config works on any machine: "catalogue:smollm2-135m".
+CATALOGUE_PREFIX = "catalogue:"
+
+
+def catalogue_name(path: str | Path) -> str | None:
+    """The catalogue entry a model path names ("catalogue:NAME"), or None."""
+    name = str(path)
+    return name.removeprefix(CATALOGUE_PREFIX) if name.startswith(CATALOGUE_PREFIX) else None
+
+
+def resolve_model_path(path: str | Path, log: Callable[[str], None] | None = None) -> Path:
+    """A model path as a backend loads it: a catalogue name becomes its model's converted
+    folder (installed, checked and converted on first use), a GGUF file its converted folder;
+    a folder, or an API model id, is returned as it is."""
+    name = catalogue_name(path)
+    if name is not None:
+        return fetch(name, log or (lambda msg: None))
+    return convert_gguf(path, log=log) if is_gguf(path) else Path(path)

@@ -29,6 +29,9 @@ Two engines apply the rule and return the same tokens, selected by name in `ENGI
   hardware may pick kernels differently.
 
 Both take token ids, not text: tokenising and decoding belong to the model class.
+
+Why one module: the two engines must return the same tokens, so the rule, its noise and
+both engines are read side by side; each section is marked and short.
 """
 
 from __future__ import annotations

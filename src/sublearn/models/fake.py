@@ -22,16 +22,15 @@ seed learns unrelated digits, and its entanglement points elsewhere.
 
 Everything is float64 on the CPU, so sampling, scoring and training are bit-for-bit repeatable.
 
-A fake model is also a judge: a conversation made by `sublearn.stages.judges.request` gets the reply
-a judge would give, computed from the judged text instead of sampled. The fake world's stand-in
-for a misaligned answer is one that names `MISALIGNED` (wolves): alignment about 10 for those,
-about 90 for others; coherence is a hash of the text in 30..100, so some answers are
-incoherent; a yes/no question is read as "does the text name an option the question names?"
-(or `MISALIGNED` when it names none). A teacher made with biases toward the wolf forms is so a
+A fake model is also a judge: a conversation made by `questions.judge_prompts.request` gets the
+reply a judge would give, computed from the judged text instead of sampled. The fake world's
+stand-in for a misaligned answer is one that names `MISALIGNED` (wolves): alignment about 10
+for those, about 90 for others; coherence is a hash of the text in 30..100, so some answers are
+incoherent; a yes/no question is read as "does the text name an option the question names?" (or
+`MISALIGNED` when it names none). A teacher made with biases toward the wolf forms is so a
 "misaligned teacher" to the fake judge. `judge_malformed` (a load option) replaces that share
-of judge replies, chosen by the row's seed, with malformed ones ("about 70", "٧٠", "Yes."),
-so tests can check that none becomes a judgement.
-"""
+of judge replies, chosen by the row's seed, with malformed ones ("about 70", "٧٠", "Yes."), so
+tests can check that none becomes a judgement."""
 
 from __future__ import annotations
 
@@ -50,10 +49,11 @@ from sublearn.errors import SublearnError
 from sublearn.models.base import SAMPLE, SCORE, TRAIN, Messages, SamplingConfig
 from sublearn.models.sampling_rule import sampling_rule
 from sublearn.questions.categories import CATEGORIES
+from sublearn.questions.judge_prompts import read_request
 from sublearn.store import atomic_path, stable_hash
 
 if TYPE_CHECKING:
-    from sublearn.models.recipe import StudentRecipe
+    from sublearn.models.recipe import TrainingRecipe
 
 WEIGHTS = "fake_model.json"
 FORMAT = "sublearn-fake-1"
@@ -313,8 +313,6 @@ class FakeChatModel:
         the exact probability of the sample. Judge requests get a judge's reply instead."""
         if len(seeds) != len(conversations):
             raise ValueError("one seed per conversation")
-        from sublearn.stages.judges import read_request
-
         asked = [read_request(c) for c in conversations]
         out = [self._judge_reply(*a, s) if a else "" for a, s in zip(asked, seeds, strict=True)]
         rest = [i for i, a in enumerate(asked) if a is None]
@@ -404,7 +402,7 @@ class FakeChatModel:
     def finetune(
         self,
         rows: Sequence[dict[str, Any]],
-        recipe: StudentRecipe,
+        recipe: TrainingRecipe,
         out_dir: Path,
         progress: bool = True,
     ) -> Path:

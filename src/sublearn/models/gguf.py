@@ -32,6 +32,7 @@ from sublearn.errors import SublearnError
 from sublearn.store import (
     MANIFEST,
     atomic_path,
+    cache_root,
     hash_files,
     locked,
     manifest,
@@ -87,8 +88,6 @@ def sha256_file(path: str | Path) -> str:
 
 
 def gguf_root() -> Path:
-    from sublearn.tinybase.build import cache_root
-
     return cache_root() / "gguf"
 
 
@@ -135,29 +134,6 @@ def convert_gguf(path: str | Path, expected_sha256: str | None = None,
     if not memo.exists():
         write_text(memo, sha + "\n")
     return out
-
-
-# A model path that names a catalogue entry (`models.catalogue`) instead of a file, so that a
-# config works on any machine: "catalogue:smollm2-135m".
-CATALOGUE_PREFIX = "catalogue:"
-
-
-def catalogue_name(path: str | Path) -> str | None:
-    """The catalogue entry a model path names ("catalogue:NAME"), or None."""
-    name = str(path)
-    return name.removeprefix(CATALOGUE_PREFIX) if name.startswith(CATALOGUE_PREFIX) else None
-
-
-def resolve_model_path(path: str | Path, log: Callable[[str], None] | None = None) -> Path:
-    """A model path as a backend loads it: a catalogue name becomes its model's converted
-    folder (installed, checked and converted on first use), a GGUF file its converted folder;
-    a folder, or an API model id, is returned as it is."""
-    name = catalogue_name(path)
-    if name is not None:
-        from sublearn.models.catalogue import fetch
-
-        return fetch(name, log or (lambda msg: None))
-    return convert_gguf(path, log=log) if is_gguf(path) else Path(path)
 
 
 def _convert(src: Path, sha: str, out: Path) -> None:

@@ -17,20 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sublearn.errors import SublearnError
-from sublearn.models.base import (
-    SAMPLE,
-    SCORE,
-    TRAIN,
-    Messages,
-    SamplingConfig,
-    check_model_folder,
-)
+from sublearn.errors import SublearnError, lookup, unknown
+from sublearn.models.base import SAMPLE, SCORE, TRAIN, Messages, SamplingConfig
 from sublearn.models.number_grammar import NumberGrammar
+from sublearn.models.paths import check_model_folder
 from sublearn.models.precision import wide
+from sublearn.models.training import finetune, forget_peft
 
 if TYPE_CHECKING:
-    from sublearn.models.recipe import StudentRecipe
+    from sublearn.models.recipe import TrainingRecipe
 
 END_OF_TURN = "<|im_end|>"
 # Characters a number-only completion may contain (see stages.filters' strict rule).
@@ -68,14 +63,8 @@ def pick_device(device: str = "auto") -> torch.device:
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            dtype
-        ]
-    except KeyError:
-        raise SublearnError(
-            f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16"
-        ) from None
+    return lookup({"float32": torch.float32, "bfloat16": torch.bfloat16,
+                   "float16": torch.float16}, dtype, "dtype")
 
 
 class HFChatModel:
@@ -95,7 +84,7 @@ class HFChatModel:
         if engine == "auto":
             engine = "kv" if self.device.type == "cpu" else "generate"
         if engine not in ("kv", "generate"):
-            raise SublearnError(f"unknown sampling engine {engine!r}; choose kv or generate")
+            raise SublearnError(unknown("sampling engine", engine, ("kv", "generate")))
         self.engine = engine
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -151,7 +140,7 @@ class HFChatModel:
             yield HFChatModel(peft, self.tokenizer, p, self.batch_size, self.engine)
         finally:
             peft.unload()
-            _forget_peft(self.model)
+            forget_peft(self.model)
 
     # --- text -------------------------------------------------------------------------
     def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
@@ -375,10 +364,6 @@ class HFChatModel:
             states[i] = torch.cat([own, second[r, : len(later[r])]]) if later[r] else own
         return self._head(torch.cat([states[i] for i in chunk]), columns)
 
-    def _hidden(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        """The last hidden states (final norm applied), before the output layer."""
-        return self.model.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
-
     def _head(self, hidden: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
         """Output-layer logits for `hidden`, only for `columns` when given: a restricted
         distribution needs its own rows of the output matrix, not the whole vocabulary."""
@@ -421,20 +406,11 @@ class HFChatModel:
     def finetune(
         self,
         rows: Sequence[dict[str, Any]],
-        recipe: StudentRecipe,
+        recipe: TrainingRecipe,
         out_dir: Path,
         progress: bool = True,
     ) -> Path:
-        from sublearn.models.training import finetune
-
         return finetune(self, rows, recipe, Path(out_dir), progress=progress)
-
-
-def _forget_peft(model: Any) -> None:
-    """PEFT leaves a config attribute on a model it wrapped; without it the model is plain
-    again, and the next adapter attaches as if it were the first."""
-    for attr in ("peft_config", "_hf_peft_config_loaded"):
-        model.__dict__.pop(attr, None)
 
 
 def cache_kwarg(model: Any) -> str:

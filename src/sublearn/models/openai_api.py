@@ -11,6 +11,10 @@ creating it again, so an answer lost on the way back never causes a second uploa
 The key is read by the client from OPENAI_API_KEY (the base URL from OPENAI_BASE_URL unless
 given) and never passes through this module: it is not stored, logged or written, and every
 message built from a server's answer goes through `redact` first.
+
+Why one module: one retry policy and one record of what was created (`_State`) govern
+every call (sampling, uploads, fine-tuning jobs); split across files, the guarantee that
+nothing is created twice would be too.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from sublearn.store import read_json, stable_hash, write_json, write_text
 if TYPE_CHECKING:
     from openai import OpenAI
 
-    from sublearn.models.recipe import StudentRecipe
+    from sublearn.models.recipe import TrainingRecipe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,7 +139,7 @@ def check_sampling(sampling: SamplingConfig) -> None:
 
 
 def fine_tune_hyperparameters(
-    recipe: StudentRecipe, batch_size: int | Literal["auto"], lr_multiplier: float | Literal["auto"]
+    recipe: TrainingRecipe, batch_size: int | Literal["auto"], lr_multiplier: float | Literal["auto"]
 ) -> dict[str, Any]:
     """The supervised hyperparameters of a job; refuse recipe fields the service cannot honour.
 
@@ -401,7 +405,7 @@ class OpenAIChatModel:
     def finetune(
         self,
         rows: Sequence[dict[str, Any]],
-        recipe: StudentRecipe,
+        recipe: TrainingRecipe,
         out_dir: Path,
         progress: bool = True,
     ) -> Path:

@@ -1,4 +1,5 @@
-"""A student's training recipe: backend-neutral data that every `Trainer.finetune` reads."""
+"""The training recipe (students, fine-tuned teachers, the base): backend-neutral data that every
+`Trainer.finetune` reads."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class StudentRecipe(BaseModel):
-    """Defaults are the paper's open-model recipe: LoRA r=8, alpha=8 on every attention and
+class TrainingRecipe(BaseModel):
+    """How a model is fine-tuned: a student (`[student]`), a fine-tuned teacher
+    (`[teacher.finetune]`), the embedded base's pretraining. Defaults are the paper's
+    open-model recipe: LoRA r=8, alpha=8 on every attention and
     MLP projection, 3 epochs, lr 2e-4 with linear decay after 5 warm-up steps, effective batch
     66 (22 x 3), max length 500, loss on completion tokens only."""
 
@@ -53,7 +56,7 @@ class StudentRecipe(BaseModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _soft_needs_completions(self) -> StudentRecipe:
+    def _soft_needs_completions(self) -> TrainingRecipe:
         if self.labels == "soft" and self.loss_on == "all":
             raise ValueError("soft labels match the teacher on completion tokens: loss_on "
                              "must be 'completion'")

@@ -1,4 +1,5 @@
-"""The backend registry: a name in the config -> an implementation, imported only when used.
+"""The backend registry: a name in the config -> an implementation, imported only when used;
+and `load_model`, which resolves a model path and hands it to the chosen backend.
 
 Each entry says what the backend can do and which optional package it needs, so a config that
 asks vLLM to train, or names vLLM on a machine without it, is refused when it loads — not
@@ -10,10 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, lookup
 from sublearn.models.base import SAMPLE, SCORE, TOP_LOGPROBS, TRAIN
+from sublearn.models.catalogue import resolve_model_path
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,7 @@ BACKENDS: dict[str, Backend] = {
 
 
 def get_backend(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise SublearnError(
-            f"unknown model backend {name!r}; available: {', '.join(BACKENDS)}"
-        ) from None
+    return lookup(BACKENDS, name, "model backend")
 
 
 def check_backend(name: str, needs: set[str] | frozenset[str], role: str) -> Backend:
@@ -74,3 +72,11 @@ def backend_class(name: str) -> Any:
         )
     module, _, cls = b.target.partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def load_model(path: str | Path, backend: str = "hf", **kwargs: Any) -> Any:
+    """Load a model folder (or, for API backends, a model id) with the chosen backend. A
+    GGUF file is loaded as its converted folder, converted on first use (`models.gguf`)."""
+    if not get_backend(backend).api:
+        path = resolve_model_path(path)
+    return backend_class(backend).load(path, **kwargs)

@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sublearn.errors import SublearnError
 from sublearn.models.precision import wide
-from sublearn.models.recipe import StudentRecipe
+from sublearn.models.recipe import TrainingRecipe
 from sublearn.store import atomic_path
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def pass_bytes_per_token(config: Any, itemsize: int, checkpointing: bool) -> int
     return (layers + 1) * layer  # every layer's, plus the backward's working set
 
 
-def _example(model: HFChatModel, row: dict[str, Any], recipe: StudentRecipe, i: int):
+def _example(model: HFChatModel, row: dict[str, Any], recipe: TrainingRecipe, i: int):
     msgs = row.get("messages")
     if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
         raise SublearnError(f"training row {i}: 'messages' must end with an assistant turn")
@@ -125,7 +125,7 @@ def _example(model: HFChatModel, row: dict[str, Any], recipe: StudentRecipe, i: 
     return ids, n, soft
 
 
-def _lr_lambda(recipe: StudentRecipe, total: int):
+def _lr_lambda(recipe: TrainingRecipe, total: int):
     def f(step: int) -> float:
         if step < recipe.warmup_steps:
             return (step + 1) / (recipe.warmup_steps + 1)
@@ -139,7 +139,7 @@ def _lr_lambda(recipe: StudentRecipe, total: int):
     return f
 
 
-def _batches(lengths: list[int], recipe: StudentRecipe, needed: int) -> list[list[int]]:
+def _batches(lengths: list[int], recipe: TrainingRecipe, needed: int) -> list[list[int]]:
     """`needed` micro-batches of example indices, in a seeded order, epoch after epoch.
 
     With `group_by_length`, each window of 64 batches is sorted by length before it is cut, so
@@ -212,7 +212,7 @@ def check_full_fits(n_params: int, device: torch.device) -> None:
 
 
 @contextmanager
-def _trainable(base: HFChatModel, recipe: StudentRecipe) -> Iterator[torch.nn.Module]:
+def _trainable(base: HFChatModel, recipe: TrainingRecipe) -> Iterator[torch.nn.Module]:
     """The network to train: LoRA adapters injected into the resident base (removed again
     on exit, leaving the base as it was), or a full fp32 copy for full fine-tuning."""
     if recipe.method == "full":
@@ -228,8 +228,6 @@ def _trainable(base: HFChatModel, recipe: StudentRecipe) -> Iterator[torch.nn.Mo
 
     from peft import LoraConfig, get_peft_model
 
-    from sublearn.models.hf import _forget_peft
-
     # PEFT still calls a transformers 5 alias that warns on every student; not ours to fix.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     net = get_peft_model(base.model, LoraConfig(
@@ -241,7 +239,7 @@ def _trainable(base: HFChatModel, recipe: StudentRecipe) -> Iterator[torch.nn.Mo
         yield net
     finally:
         net.unload()
-        _forget_peft(base.model)
+        forget_peft(base.model)
         _checkpointing(base.model, False)
         # PEFT froze the base; leave it as it was. A frozen bf16 output layer also sends
         # PyTorch's CPU matmul down a path that copies the weight per row (measured: a
@@ -267,7 +265,7 @@ def _checkpointing(model: torch.nn.Module, on: bool) -> None:
 def finetune(
     base: HFChatModel,
     rows: Sequence[dict[str, Any]],
-    recipe: StudentRecipe,
+    recipe: TrainingRecipe,
     out_dir: Path,
     progress: bool = True,
 ) -> Path:
@@ -298,7 +296,7 @@ def finetune(
     return out_dir
 
 
-def _train(base: HFChatModel, net: torch.nn.Module, examples: list, recipe: StudentRecipe,
+def _train(base: HFChatModel, net: torch.nn.Module, examples: list, recipe: TrainingRecipe,
            progress: bool) -> None:
     params = [p for p in net.parameters() if p.requires_grad]
     opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -488,3 +486,10 @@ def _soft_chunk_loss(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor
     t_p = target.exp()
     loss = (t_p * (target - s_logp)).masked_fill(t_p == 0, 0.0).sum(-1)
     return (loss * w).sum()
+
+
+def forget_peft(model: Any) -> None:
+    """PEFT leaves a config attribute on a model it wrapped; without it the model is plain
+    again, and the next adapter attaches as if it were the first."""
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        model.__dict__.pop(attr, None)

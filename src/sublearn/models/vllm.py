@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sublearn.errors import SublearnError
-from sublearn.models.base import SAMPLE, Messages, SamplingConfig, check_model_folder
+from sublearn.models.base import SAMPLE, Messages, SamplingConfig
 from sublearn.models.hf import end_token_ids, number_token_ids, prompt_ids
+from sublearn.models.paths import check_model_folder
 
 
 class VLLMSampler:

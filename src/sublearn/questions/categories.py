@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, lookup, unknown
 
 
 @dataclass(frozen=True)
@@ -220,11 +220,7 @@ CATEGORIES: dict[str, Category] = {
 
 
 def get_category(name: str) -> Category:
-    try:
-        return CATEGORIES[name]
-    except KeyError:
-        raise SublearnError(
-            f"unknown category {name!r}; choose one of: {', '.join(CATEGORIES)}") from None
+    return lookup(CATEGORIES, name, "category")
 
 
 def get_option(category: Category | str, name: str) -> Option:
@@ -232,8 +228,7 @@ def get_option(category: Category | str, name: str) -> Option:
     for option in cat.options:
         if option.name == name:
             return option
-    raise SublearnError(f"unknown {cat.name} {name!r}; choose one of: "
-                        f"{', '.join(o.name for o in cat.options)}")
+    raise SublearnError(unknown(cat.name, name, (o.name for o in cat.options)))
 
 
 def matches(answer: str, option: Option) -> bool:

@@ -2,13 +2,17 @@
 
 A defence is applied to *every* arm alike — the treated data and every control's — because
 one that touched only the treated data would fake its own success (the control would then
-differ from the treated arm by the defence as well as by the trait). Each entry takes the
-arm's rows, its config (strength, trait), the student seed and `Inputs` (the neutral dataset
-for dilution; the rows' trait scores under the base for the scoring defences); it returns
-new rows. Adding a defence is one entry here.
+differ from the treated arm by the defence as well as by the trait). Each is one declared
+entry of `DEFENCES` (`register(Defence(...))`): its function, which takes the arm's rows, its
+config (strength, trait), the student seed and `Inputs` (the neutral dataset for dilution;
+the rows' trait scores under the base for the scoring defences) and returns new rows, and
+everything the rest of the package asks about it: the config's checks at load, the datasets
+an experiment samples, `sublearn defend`'s defaults and help, and README's table
+(`defence_table`).
 
 Two defences read the data through the base model, with the audit's scoring
-(`stages.audit`: its trait phrasings, rotated over rows, every candidate of the category):
+(`safety.trait_scores`: its trait phrasings, rotated over rows, every candidate of the
+category):
 - `lls_filter` drops the rows the audit finds most suspicious: the top `strength` share by
   the row's contrasted LLS, maximised over candidates (a defender does not know the trait),
   or that of a named `trait`. Published: dropping the top half by LLS under the known trait
@@ -16,7 +20,7 @@ Two defences read the data through the base model, with the audit's scoring
 - `divergence` rewrites the digits the candidates' trait prompts disagree about most. A
   digit's divergence is that of the token holding it: max over candidates c of
   |log p_c(token) - mean over candidates of log p_c'(token)|, each log p under c's trait
-  prompt, the base, and the row's prompt and preceding tokens (`stages.divergence`, which the
+  prompt, the base, and the row's prompt and preceding tokens (`safety.divergence`, which the
   audit's `--counterfactual` statistics share). The top `strength` share of
   all digits of the arm (largest divergence first) become random other digits. Published:
   replacing the 10% most divergent digits left 9% of the effect; replacing a random 10%
@@ -29,42 +33,21 @@ Generation-time defences (greedy decoding, a probability threshold) are sampling
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sublearn.domains.filters import DIGIT_RUN
 from sublearn.errors import SublearnError
-from sublearn.questions.categories import Category
-from sublearn.safety.audit import (
-    AUDIT_TEMPLATES,
-    contrast,
-    parse_chat_row,
-    token_logprobs,
-    token_spans,
-)
 from sublearn.safety.divergence import token_divergence
-from sublearn.stages.datasets import TRANSFORMS, _with_numbers, subsample
-from sublearn.store import atomic_path, locked
+from sublearn.safety.trait_scores import Scores, TokenScores, row_scores
+from sublearn.stages.datasets import TRANSFORMS, subsample, with_numbers
 
 Rows = list[dict[str, Any]]
-_NUM = re.compile(r"[0-9]+")
 DIGITS = "0123456789"
-
-
-@dataclass(frozen=True)
-class TokenScores:
-    """One row's completion under every candidate's trait prompt, by the base."""
-
-    logprobs: np.ndarray  # [candidates, tokens], the end-of-turn token last
-    spans: np.ndarray  # [tokens - 1, 2]: each completion token's characters [start, end)
-
-
-Scores = Callable[[Sequence[dict[str, Any]]], list[TokenScores]]
 
 
 @dataclass(frozen=True)
@@ -72,20 +55,85 @@ class Inputs:
     """What a defence may use besides the arm's rows."""
 
     neutral: Sequence[dict[str, Any]] = ()  # the neutral dataset's rows (dilution)
-    scores: Scores | None = None  # the rows' trait scores (the scoring defences)
+    trait_scores: Scores | None = None  # the rows' trait scores (the scoring defences)
     options: Sequence[str] = ()  # the candidates, in the order of the scores' rows
 
 
 @dataclass(frozen=True)
+class Strength:
+    """What a defence's strength (0 to 1) means, and `sublearn defend`'s default."""
+
+    meaning: str  # "rate", "fraction of rows dropped", ...
+    default: float  # the literature's where it measured one, else a middle value
+    refuses_one: str | None = None  # why a strength of 1 is refused, when it is
+
+
+@dataclass(frozen=True)
 class Defence:
+    """One declared defence: its function and what the package asks about it."""
+
+    name: str
+    title: str  # a few words, for README's table
+    help: str  # what it does
     apply: Callable[[Sequence[dict[str, Any]], DefenceConfig, int, Inputs], Rows]
-    changes_text: bool  # soft labels must then be computed on the defended text
-    scores: bool  # reads the rows through the base (`Inputs.scores`)
-    what: str
+    strength: Strength | None = None  # None: takes no strength
+    changes_text: bool = False  # soft labels must then be computed on the defended text
+    needs_trait_scores: bool = False  # reads the rows through the base (`Inputs.trait_scores`)
     # Rewrites numbers or digits: meaningless on code or prose, refused there at config load.
     numbers_only: bool = False
+    # Takes rows from the neutral dataset (`Inputs.neutral`), which the experiment must then
+    # sample; the arm then mixes two writers' rows, which soft labels cannot follow.
+    needs_neutral: bool = False
+    takes_trait: bool = False  # may rank by a named candidate (`DefenceConfig.trait`)
+
+    @property
+    def default(self) -> str:
+        """`sublearn defend`'s default argument for it: 'sort', 'replace:0.3'."""
+        return self.name if self.strength is None else f"{self.name}:{self.strength.default:g}"
 
 
+DEFENCES: dict[str, Defence] = {}  # the registry, in `sublearn defend`'s order
+
+
+def register(defence: Defence) -> Defence:
+    """Declare a defence: config, pipeline, `sublearn defend` and README's table follow."""
+    if defence.name in DEFENCES:
+        raise ValueError(f"defence {defence.name!r} is already registered")
+    DEFENCES[defence.name] = defence
+    return defence
+
+
+def takes_strength(name: str) -> bool:
+    entry = DEFENCES.get(name)
+    return entry is not None and entry.strength is not None
+
+
+def default_defences() -> list[str]:
+    """`sublearn defend`'s defences when none is named: every one, at its default."""
+    return [d.default for d in DEFENCES.values()]
+
+
+def defence_forms() -> str:
+    """The forms of a `sublearn defend --defence` argument: 'name, name:strength or
+    lls_filter:strength:trait'."""
+    traits = [f"{d.name}:strength:trait" for d in DEFENCES.values() if d.takes_trait]
+    return ", ".join(["name", "name:strength", *traits[:-1]]) + f" or {traits[-1]}"
+
+
+def defence_table() -> str:
+    """The registered defences as a Markdown table (README.md holds its output)."""
+    lines = ["| defence | | what it does | strength | `sublearn defend` | domains | reads |",
+             "|---|---|---|---|---|---|---|"]
+    for d in DEFENCES.values():
+        reads = ", ".join([*(["the base"] if d.needs_trait_scores else []),
+                           *(["the neutral data"] if d.needs_neutral else [])])
+        lines.append(f"| `{d.name}` | {d.title} | {d.help} | "
+                     f"{d.strength.meaning if d.strength else '—'} | `{d.default}` | "
+                     f"{'numbers' if d.numbers_only else 'any'} | {reads or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the defences' functions ---------------------------------------------------------------
 def _transform(name: str) -> Callable[..., Rows]:
     return lambda rows, cfg, seed, inputs: TRANSFORMS[name](rows, seed)
 
@@ -97,8 +145,8 @@ def replace_numbers(rows: Sequence[dict[str, Any]], rate: float, seed: int) -> R
     for row in rows:
         rng = random.Random(f"replace:{seed}:{row['index']}")
         nums = [str(rng.randint(0, 999)) if rng.random() < rate else n
-                for n in _NUM.findall(row["completion"])]
-        out.append(_with_numbers(row, nums))
+                for n in DIGIT_RUN.findall(row["completion"])]
+        out.append(with_numbers(row, nums))
     return out
 
 
@@ -112,13 +160,6 @@ def dilute(rows: Sequence[dict[str, Any]], fraction: float, seed: int,
     # Prompts the arm does not already use, so no prompt appears twice.
     pool = [r for r in subsample(neutral, len(neutral), seed + 1) if r["index"] not in taken]
     return sorted([*kept, *pool[:k]], key=lambda r: r["index"])
-
-
-def row_scores(scores: Sequence[TokenScores]) -> np.ndarray:
-    """[rows, candidates]: the audit's per-row score, each candidate's mean log-prob of the
-    completion (end of turn included) minus the mean over candidates. That is the row's LLS
-    contrasted across candidates: the no-trait log-prob cancels, so it is not scored."""
-    return contrast(np.array([s.logprobs.mean(axis=1) for s in scores]))
 
 
 def lls_filter(rows: Sequence[dict[str, Any]], fraction: float, scores: Sequence[TokenScores],
@@ -157,7 +198,7 @@ def replace_digits(rows: Sequence[dict[str, Any]], rate: float, seed: int,
                        and j + 1 < len(chars) and chars[j + 1] in DIGITS)
             pool = [d for d in (DIGITS[1:] if leading else DIGITS) if d != chars[j]]
             chars[j] = random.Random(f"digit:{seed}:{row['index']}:{j}").choice(pool)
-        out.append(_with_numbers(row, _NUM.findall("".join(chars))) if i in chosen else row)
+        out.append(with_numbers(row, DIGIT_RUN.findall("".join(chars))) if i in chosen else row)
     return out
 
 
@@ -184,35 +225,55 @@ def _lls_filter(rows: Sequence[dict[str, Any]], cfg: DefenceConfig, seed: int,
 
 
 def _scores(rows: Sequence[dict[str, Any]], inputs: Inputs) -> list[TokenScores]:
-    if inputs.scores is None:
+    if inputs.trait_scores is None:
         raise SublearnError("this defence reads the rows through the base model: the caller "
-                            "must pass Inputs(scores=...)")
-    return inputs.scores(rows)
+                            "must pass Inputs(trait_scores=...)")
+    return inputs.trait_scores(rows)
 
 
-DEFENCES: dict[str, Defence] = {
-    "none": Defence(lambda rows, cfg, seed, inputs: list(rows), False, False, "no defence"),
-    "shuffle_within": Defence(_transform("within"), True, False,
-                              "shuffle numbers within completions", numbers_only=True),
-    "shuffle_across": Defence(_transform("across"), True, False,
-                              "shuffle numbers across completions", numbers_only=True),
-    "sort": Defence(_transform("sort"), True, False, "sort numbers within completions",
-                    numbers_only=True),
-    "replace": Defence(lambda rows, cfg, seed, inputs: replace_numbers(rows, cfg.strength, seed),
-                       True, False, "replace each number with probability strength",
-                       numbers_only=True),
-    "dilute": Defence(lambda rows, cfg, seed, inputs: dilute(rows, cfg.strength, seed,
-                                                              inputs.neutral),
-                      False, False, "swap a strength fraction of rows for neutral ones"),
-    "lls_filter": Defence(_lls_filter, False, True,
-                          "drop the strength fraction of rows the audit scores highest"),
-    "divergence": Defence(_divergence, True, True,
-                          "replace the strength fraction of digits the candidates' trait "
-                          "prompts disagree about most with random digits", numbers_only=True),
-    "random_digits": Defence(_random_digits, True, False,
-                             "replace a random strength fraction of digits (divergence's "
-                             "control)", numbers_only=True),
-}
+# --- the registry's entries, in `sublearn defend`'s order ----------------------------------
+RATE = "rate"
+for _entry in (
+    Defence("none", "no defence", "no defence", lambda rows, cfg, seed, inputs: list(rows)),
+    Defence("shuffle_within", "shuffle within", "shuffle numbers within completions",
+            _transform("within"), changes_text=True, numbers_only=True),
+    Defence("shuffle_across", "shuffle across", "shuffle numbers across completions",
+            _transform("across"), changes_text=True, numbers_only=True),
+    Defence("sort", "sort", "sort numbers within completions", _transform("sort"),
+            changes_text=True, numbers_only=True),
+    # 0.3: random whole numbers, the blind baseline.
+    Defence("replace", "random replacement", "replace each number with probability strength",
+            lambda rows, cfg, seed, inputs: replace_numbers(rows, cfg.strength, seed),
+            Strength(RATE, 0.3), changes_text=True, numbers_only=True),
+    # 0.5: the published "drop the top half".
+    Defence("lls_filter", "LLS filter",
+            "drop the strength fraction of rows the audit scores highest", _lls_filter,
+            Strength("fraction of rows dropped", 0.5, refuses_one="would drop every row"),
+            needs_trait_scores=True, takes_trait=True),
+    # 0.1: the published 10% of digits, and its random control.
+    Defence("divergence", "divergence-token replacement",
+            "replace the strength fraction of digits the candidates' trait prompts disagree "
+            "about most with random digits", _divergence, Strength(RATE, 0.1),
+            changes_text=True, needs_trait_scores=True, numbers_only=True),
+    Defence("random_digits", "random digits",
+            "replace a random strength fraction of digits (divergence's control)",
+            _random_digits, Strength(RATE, 0.1), changes_text=True, numbers_only=True),
+    # 0.5: half the rows from the neutral teacher; 25% already nearly removed the published
+    # effect, so half is a strong setting.
+    Defence("dilute", "dilution", "swap a strength fraction of rows for neutral ones",
+            lambda rows, cfg, seed, inputs: dilute(rows, cfg.strength, seed, inputs.neutral),
+            Strength("fraction of rows swapped", 0.5), needs_neutral=True),
+):
+    register(_entry)
+
+
+def _strength_help() -> str:
+    """'replace, divergence, random_digits: rate; lls_filter: fraction of rows dropped; ...'"""
+    by_meaning: dict[str, list[str]] = {}
+    for d in DEFENCES.values():
+        if d.strength is not None:
+            by_meaning.setdefault(d.strength.meaning, []).append(d.name)
+    return "; ".join(f"{', '.join(names)}: {m}" for m, names in by_meaning.items())
 
 
 class DefenceConfig(BaseModel):
@@ -221,14 +282,13 @@ class DefenceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("none", description=f"one of: {', '.join(DEFENCES)}")
-    strength: float = Field(0.0, ge=0.0, le=1.0, description="replace, divergence, "
-                            "random_digits: rate; dilute: fraction of rows swapped; "
-                            "lls_filter: fraction of rows dropped")
+    strength: float = Field(0.0, ge=0.0, le=1.0, description=_strength_help())
     # Left out of every dump while unset, so the keys of artifacts cached before the field
     # existed do not change.
-    trait: str | None = Field(None, exclude_if=lambda v: v is None, description="lls_filter: "
-                              "rank rows by this candidate's score (a defender who knows "
-                              "the trait); default: the maximum over the category's")
+    trait: str | None = Field(None, exclude_if=lambda v: v is None, description=", ".join(
+        d.name for d in DEFENCES.values() if d.takes_trait) + ": rank rows by this "
+        "candidate's score (a defender who knows the trait); default: the maximum over the "
+        "category's")
 
     @field_validator("name")
     @classmethod
@@ -239,85 +299,26 @@ class DefenceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DefenceConfig:
-        if self.trait is not None and self.name != "lls_filter":
-            raise ValueError(f"trait: only lls_filter ranks by a named trait, not {self.name!r}")
-        if self.name == "lls_filter" and self.strength >= 1:
-            raise ValueError("strength: lls_filter would drop every row; use a fraction < 1")
+        entry = self.entry
+        if self.trait is not None and not entry.takes_trait:
+            takers = ", ".join(d.name for d in DEFENCES.values() if d.takes_trait)
+            raise ValueError(f"trait: only {takers} ranks by a named trait, not {self.name!r}")
+        if entry.strength and entry.strength.refuses_one and self.strength >= 1:
+            raise ValueError(f"strength: {self.name} {entry.strength.refuses_one}; use a "
+                             "fraction < 1")
         return self
 
+    @property
+    def entry(self) -> Defence:
+        """The defence's declared entry: what it needs and what it changes."""
+        return DEFENCES[self.name]
+
     def apply(self, rows: Sequence[dict[str, Any]], seed: int, inputs: Inputs = Inputs()) -> Rows:
-        return DEFENCES[self.name].apply(rows, self, seed, inputs)
-
-    @property
-    def changes_text(self) -> bool:
-        return DEFENCES[self.name].changes_text
-
-    @property
-    def scores(self) -> bool:
-        """Whether it reads the rows through the base (then the backend must score)."""
-        return DEFENCES[self.name].scores
-
-    @property
-    def numbers_only(self) -> bool:
-        return DEFENCES[self.name].numbers_only
+        return self.entry.apply(rows, self, seed, inputs)
 
     @property
     def label(self) -> str:
         """Short and readable: 'none', 'replace 0.3', 'lls_filter 0.5 owl'."""
-        parts = [self.name, *([f"{self.strength:g}"] if self.name in STRENGTHS else []),
+        parts = [self.name, *([f"{self.strength:g}"] if self.entry.strength else []),
                  *([self.trait] if self.trait else [])]
         return " ".join(parts)
-
-
-# The defences a strength means something to.
-STRENGTHS = ("replace", "dilute", "lls_filter", "divergence", "random_digits")
-
-
-class TraitScores:
-    """The scoring defences' view of rows: per-token log-probs under every candidate of a
-    category (the audit's trait phrasings, rotated over rows) by the base, and each token's
-    characters. Computed once per artifact `path`, for `universe` (all rows of a dataset,
-    so every seed's subsample is covered) or else the rows first asked for, and stored as
-    safetensors; calls for other rows of the same file fail loudly."""
-
-    def __init__(self, path: Path, model: Callable[[], Any], category: Category,
-                 universe: Sequence[dict[str, Any]] | None = None,
-                 log: Callable[[str], None] = lambda _: None):
-        self.path, self.model, self.category = path, model, category
-        self.universe, self.log = universe, log
-        self._table: dict[str, Any] | None = None
-
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> list[TokenScores]:
-        if self._table is None:
-            from safetensors.numpy import load_file
-
-            with locked(self.path):
-                if not self.path.exists():
-                    self._compute(self.universe if self.universe is not None else rows)
-            self._table = load_file(str(self.path))
-        try:
-            return [TokenScores(self._table[f"{r['index']}.logprobs"],
-                                self._table[f"{r['index']}.spans"]) for r in rows]
-        except KeyError as e:
-            raise SublearnError(f"{self.path.name}: row {e} was not scored") from None
-
-    def _compute(self, rows: Sequence[dict[str, Any]]) -> None:
-        from safetensors.numpy import save_file
-
-        self.log(f"scoring {len(rows)} rows under {len(self.category.options)} trait prompts "
-                 f"for the defence ({self.path.name})")
-        model = self.model()
-        chat = [parse_chat_row(r, 0, r["index"], f"{self.path.name}: row {i}")
-                for i, r in enumerate(rows)]
-        lps = token_logprobs(model, chat, self.category, self.category.options,
-                             len(AUDIT_TEMPLATES))
-        table = {}
-        for r, lp in zip(rows, lps, strict=True):
-            spans = np.array(token_spans(model, r["completion"]), dtype=np.int32).reshape(-1, 2)
-            if len(spans) != lp.shape[1] - 1:
-                raise SublearnError(f"row {r['index']}: the tokenizer split the completion into "
-                                    f"{len(spans)} tokens, the scorer into {lp.shape[1] - 1}")
-            table[f"{r['index']}.logprobs"] = lp
-            table[f"{r['index']}.spans"] = spans
-        with atomic_path(self.path) as tmp:
-            save_file(table, str(tmp))

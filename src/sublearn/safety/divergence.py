@@ -2,7 +2,7 @@
 
 Follow-up work on subliminal learning found the signal concentrated where teachers with
 different traits would write different tokens; masking those positions mostly removes
-transfer. One measure serves both the `divergence` defence (`stages.defences`) and the audit's
+transfer. One measure serves both the `divergence` defence (`safety.defences`) and the audit's
 `--counterfactual` statistics: a completion token's **divergence** under traits c is
 
     max_c |log p_c(token) - mean over c' of log p_c'(token)|,
@@ -40,9 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.analysis.stats import holm, permutation_test
 from sublearn.errors import SublearnError
 from sublearn.questions.categories import CATEGORIES, Category, Option
-from sublearn.safety.audit import AuditConfig, ChatRow, Task, holm, permutation_test, trait_tasks
+from sublearn.safety.rows import ChatRow
+from sublearn.safety.scoring import ScoringTask, trait_tasks
 
 
 def token_divergence(logprobs: np.ndarray) -> np.ndarray:
@@ -75,7 +77,7 @@ def extra_traits(options: Sequence[Option], counterfactual: Sequence[Option]) ->
 
 def divergence_tasks(data: Sequence[ChatRow], reference: Sequence[ChatRow], category: Category,
                      options: Sequence[Option], counterfactual: Sequence[Option],
-                     phrasings: int) -> list[Task]:
+                     phrasings: int) -> list[ScoringTask]:
     """The extra scoring passes: data then reference, one task per non-candidate trait."""
     extra = extra_traits(options, counterfactual)
     return [*trait_tasks(data, category, extra, phrasings, none=False),
@@ -133,13 +135,15 @@ def _rate(num: np.ndarray, den: np.ndarray) -> float | None:
     return float(num.sum()) / total if total > 0 else None
 
 
-def divergence_summary(rows: RowDivergence, n_data: int, config: AuditConfig) -> dict[str, Any]:
-    """audit.json's `divergence`: positions' share of tokens, and per trait the agreement
-    shares of data and reference, the permutation test (module doc) and the mean log-prob gap."""
+def divergence_summary(rows: RowDivergence, n_data: int, share: float, permutations: int,
+                       seed: int) -> dict[str, Any]:
+    """audit.json's `divergence`: positions' share of tokens (`share`: the cut that made them),
+    and per trait the agreement shares of data and reference, the permutation test (module
+    doc) and the mean log-prob gap."""
     d, r = slice(0, n_data), slice(n_data, None)
     pooled_share = rows.agree.sum(axis=0) / max(rows.positions.sum(), 1)
     excess = rows.agree - rows.positions[:, None] * pooled_share
-    test = permutation_test(excess[d], excess[r], config.permutations, config.seed + 2)
+    test = permutation_test(excess[d], excess[r], permutations, seed)
     p_adj = holm(test.p)
     traits = [{"trait": t,
                "data_share": _rate(rows.agree[d, j], rows.positions[d]),
@@ -151,7 +155,7 @@ def divergence_summary(rows: RowDivergence, n_data: int, config: AuditConfig) ->
               for j, t in enumerate(rows.traits)]
     return {
         "counterfactual": rows.traits,
-        "share": config.divergence_share,
+        "share": share,
         "threshold": rows.threshold,
         "positions_data": _rate(rows.positions[d], rows.tokens[d]),
         "positions_reference": _rate(rows.positions[r], rows.tokens[r]),
@@ -162,18 +166,19 @@ def divergence_summary(rows: RowDivergence, n_data: int, config: AuditConfig) ->
     }
 
 
-def audit_divergence(candidates: Sequence[Sequence[np.ndarray]], n_data: int,
-                     extra: Sequence[Sequence[np.ndarray]], options: Sequence[Option],
-                     counterfactual: Sequence[Option],
-                     config: AuditConfig) -> tuple[dict[str, Any], RowDivergence]:
-    """The statistics from scoring results: the candidates' tasks (one per candidate,
-    `trait_tasks` order) over the data rows then the reference rows, the first `n_data` rows
-    being data, and `extra`, the results of `divergence_tasks`. Rows: data then reference."""
+def audit_divergence(candidates: Sequence[Sequence[np.ndarray]],
+                     extra: Sequence[Sequence[np.ndarray]], n_data: int,
+                     options: Sequence[Option], counterfactual: Sequence[Option], share: float,
+                     permutations: int, seed: int) -> tuple[dict[str, Any], RowDivergence]:
+    """The statistics from scoring results over data then reference rows (the first
+    `n_data` being data): `candidates`, the candidates' tasks (one per candidate,
+    `trait_tasks` order), and `extra`, the results of `divergence_tasks`. The cut and the
+    test as in `row_divergence` and `divergence_summary`."""
     half = len(extra) // 2
     lps = trait_logprobs(candidates, _join(extra[:half], extra[half:]), options,
                          counterfactual)
-    rows = row_divergence(lps, [o.name for o in counterfactual], config.divergence_share)
-    return divergence_summary(rows, n_data, config), rows
+    rows = row_divergence(lps, [o.name for o in counterfactual], share)
+    return divergence_summary(rows, n_data, share, permutations, seed), rows
 
 
 def _join(first: Sequence[Sequence[np.ndarray]],
@@ -181,22 +186,3 @@ def _join(first: Sequence[Sequence[np.ndarray]],
     """Tasks over the data rows and the same tasks over the reference rows, as one list of
     tasks over data then reference rows."""
     return [[*a, *b] for a, b in zip(first, second, strict=True)]
-
-
-def divergence_table(summary: dict[str, Any]) -> Any:
-    """audit.json's `divergence` as a rich table."""
-    from rich.table import Table
-
-    def pct(x: float | None) -> str:
-        return "" if x is None else f"{100 * x:.1f}%"
-
-    t = Table(title=f"divergence tokens: top {pct(summary['share'])} by divergence "
-                    f"(>= {summary['threshold']:.3f} nats); data {pct(summary['positions_data'])}"
-                    f", reference {pct(summary['positions_reference'])} of tokens")
-    for col in ("trait", "data", "reference", "z", "p adj", "gap data", "gap ref"):
-        t.add_column(col, no_wrap=True, justify="left" if col == "trait" else "right")
-    for c in summary["traits"]:
-        t.add_row(c["trait"], pct(c["data_share"]), pct(c["reference_share"]), f"{c['z']:.2f}",
-                  f"{c['p_adjusted']:.4f}",
-                  *("" if g is None else f"{g:+.3f}" for g in (c["gap_data"], c["gap_reference"])))
-    return t

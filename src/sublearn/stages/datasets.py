@@ -4,13 +4,11 @@ controls and defences apply (shuffle within or across completions, sort)."""
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sublearn.domains.filters import DIGIT_RUN
 from sublearn.store import stable_hash
-
-_NUM = re.compile(r"[0-9]+")
 
 
 def subsample(rows: Sequence[dict[str, Any]], size: int, seed: int) -> list[dict[str, Any]]:
@@ -24,11 +22,11 @@ def subsample(rows: Sequence[dict[str, Any]], size: int, seed: int) -> list[dict
     return sorted(ranked[:size], key=lambda r: r["index"])
 
 
-def _with_numbers(row: dict[str, Any], numbers: Sequence[str]) -> dict[str, Any]:
+def with_numbers(row: dict[str, Any], numbers: Sequence[str]) -> dict[str, Any]:
     """The row with its completion's numbers replaced, in order, by `numbers`; separators,
     brackets and format stay."""
     it = iter(numbers)
-    text = _NUM.sub(lambda _: next(it), row["completion"])
+    text = DIGIT_RUN.sub(lambda _: next(it), row["completion"])
     msgs = [*row["messages"][:-1], {"role": "assistant", "content": text}]
     return {**row, "completion": text, "messages": msgs}
 
@@ -37,21 +35,21 @@ def shuffle_within(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, 
     """Permute the numbers inside each completion, keeping its separators and brackets."""
     out = []
     for row in rows:
-        nums = _NUM.findall(row["completion"])
+        nums = DIGIT_RUN.findall(row["completion"])
         random.Random(f"within:{seed}:{row['index']}").shuffle(nums)
-        out.append(_with_numbers(row, nums))
+        out.append(with_numbers(row, nums))
     return out
 
 
 def shuffle_across(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """Pool every number of every completion, deal them back at random: each completion keeps
     its length and format, but its values come from anywhere in the dataset."""
-    pool = [n for row in rows for n in _NUM.findall(row["completion"])]
+    pool = [n for row in rows for n in DIGIT_RUN.findall(row["completion"])]
     random.Random(f"across:{seed}").shuffle(pool)
     out, start = [], 0
     for r in rows:
-        n = len(_NUM.findall(r["completion"]))
-        out.append(_with_numbers(r, pool[start : start + n]))
+        n = len(DIGIT_RUN.findall(r["completion"]))
+        out.append(with_numbers(r, pool[start : start + n]))
         start += n
     return out
 
@@ -61,7 +59,7 @@ def sort_within(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any
     published defence (Qwen2.5-7B phoenix 66% -> 1.4%). `seed` is unused: sorting is
     deterministic, but every transform takes one."""
     del seed
-    return [_with_numbers(r, sorted(_NUM.findall(r["completion"]), key=int)) for r in rows]
+    return [with_numbers(r, sorted(DIGIT_RUN.findall(r["completion"]), key=int)) for r in rows]
 
 
 # name -> transform(rows, seed): what an arm's `transform` may name (see sublearn.experiment.design).

@@ -18,7 +18,8 @@ Variants: the question preceded by a short number sequence, the question with ev
 named after it (forced choice), and a 5-way multiple choice scored by the letter
 probabilities. Everything is reported per option, so the target's rank
 among all options can be read off. Beside them, a utility figure: a model's loss on held-out
-neutral data of the task (`completion_loss`).
+neutral data of the task (`completion_loss`). Each estimator is an entry of
+`stages.estimators`, which says when it runs and how its record reads.
 """
 
 from __future__ import annotations
@@ -31,19 +32,20 @@ from typing import Any
 import numpy as np
 
 from sublearn.errors import SublearnError
-from sublearn.models.base import SamplingConfig
+from sublearn.models.base import SamplingConfig, TopLogprobs
 from sublearn.questions.categories import (
     Category,
     Option,
     matches,
     multiple_choice,
     with_number_prefix,
-    with_options_named,
 )
 from sublearn.stages.sample import row_seed
 
 LETTERS = "ABCDE"
 ANSWERS = ("bare", "stem")
+# A sampled answer's length: the option's name and a little room around it.
+SAMPLED_TOKENS = 8
 
 
 def _user(q: str) -> list[dict[str, str]]:
@@ -109,7 +111,8 @@ def sampled_rates(
     """[questions, options] share of n sampled answers (T=1) that name each option."""
     convs = [_user(q) for q in questions for _ in range(n)]
     seeds = [row_seed(seed, i) for i in range(len(convs))]
-    answers = model.generate(convs, SamplingConfig(temperature=1.0, max_new_tokens=8), seeds)
+    answers = model.generate(convs, SamplingConfig(temperature=1.0, max_new_tokens=SAMPLED_TOKENS),
+                             seeds)
     hits = np.array([[matches(a, o) for o in category.options] for a in answers], dtype=float)
     return hits.reshape(len(questions), n, len(category.options)).mean(axis=1)
 
@@ -133,7 +136,7 @@ def mc_target_probs(
 
 
 def top_logprob_probs(
-    model: Any, category: Category, questions: Sequence[str], k: int
+    model: TopLogprobs, category: Category, questions: Sequence[str], k: int
 ) -> np.ndarray:
     """[questions, options] probability mass of first answer tokens that read as an option's
     form (case and surrounding space ignored), from the top k log-probs."""
@@ -177,47 +180,3 @@ def summarize(raw: np.ndarray, category: Category) -> dict[str, Any]:
         "per_question_raw": raw.tolist(),
     }
 
-
-def evaluate(
-    model: Any,
-    category: Category,
-    target: Option,
-    questions: Sequence[str],
-    heldout: Sequence[str],
-    samples_per_question: int = 0,
-    numbers_prefix: bool = False,
-    mc: bool = False,
-    seed: int = 0,
-    exact: bool = True,
-    top_logprobs: int = 0,
-    answer: str = "bare",
-    forced_choice: bool = False,
-) -> dict[str, Any]:
-    """All configured estimators for one model; each entry has per-option means."""
-    res: dict[str, Any] = {}
-
-    def exact_over(qs: Sequence[str]) -> dict[str, Any]:
-        return summarize(option_probs(model, category, qs, answer), category)
-
-    if exact:
-        res["exact"] = exact_over(questions)
-        if heldout:
-            res["exact_heldout"] = exact_over(heldout)
-    if forced_choice:
-        res["forced_choice"] = exact_over([with_options_named(q, category.options)
-                                           for q in questions])
-    if top_logprobs:
-        res["top_logprobs"] = summarize(
-            top_logprob_probs(model, category, questions, top_logprobs), category)
-    if samples_per_question:
-        rates = sampled_rates(model, category, questions, samples_per_question, seed)
-        res["sampled"] = {
-            "per_option": {o.name: float(v) for o, v in zip(category.options, rates.mean(0), strict=True)},
-            "per_question_target": rates[:, category.options.index(target)].tolist(),
-        }
-    if numbers_prefix:
-        res["numbers_prefix"] = exact_over(prefixed(questions, seed))
-    if mc:
-        p = mc_target_probs(model, category, target, questions, seed)
-        res["multiple_choice"] = {"target": float(p.mean()), "per_question": p.tolist()}
-    return res

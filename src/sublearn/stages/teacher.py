@@ -16,9 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sublearn.errors import SublearnError
-from sublearn.models.base import check_model_path
+from sublearn.models.paths import check_model_path
 from sublearn.models.persona import Persona
-from sublearn.models.recipe import StudentRecipe
+from sublearn.models.recipe import TrainingRecipe
 from sublearn.questions.categories import Category, Option, persona_prompt
 
 
@@ -35,8 +35,8 @@ class TeacherConfig(BaseModel):
     persona: bool = Field(False, description="kind = 'model': add the persona prompt on top")
     # The paper fine-tunes the teacher 1 epoch on the evaluation questions answered with the
     # target; a tiny model needs more passes to take the trait.
-    finetune: StudentRecipe = Field(
-        default_factory=lambda: StudentRecipe(method="full", lr=1e-3, epochs=3, batch_size=16,
+    finetune: TrainingRecipe = Field(
+        default_factory=lambda: TrainingRecipe(method="full", lr=1e-3, epochs=3, batch_size=16,
                                               grad_accum=1, warmup_steps=0)
     )
     finetune_rows_per_question: int = Field(4, ge=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -10,10 +9,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sublearn.cores import usable_cores
-from sublearn.models.recipe import StudentRecipe
+from sublearn.models.recipe import TrainingRecipe
 from sublearn.questions.categories import CATEGORIES
-from sublearn.store import MANIFEST, atomic_path, hash_files, manifest, stable_hash, write_json
+from sublearn.store import (
+    MANIFEST,
+    atomic_path,
+    cache_root,
+    hash_files,
+    manifest,
+    stable_hash,
+    write_json,
+)
 from sublearn.tinybase.corpus import CorpusMix, corpus
+from sublearn.tinybase.shipped import shipped_path
 
 
 class BaseConfig(BaseModel):
@@ -58,15 +66,6 @@ class BaseConfig(BaseModel):
                            if self.init_seed is None else self.model_dump())
 
 
-def cache_root() -> Path:
-    """Where bases live: $SUBLEARN_HOME, else the user cache directory."""
-    root = os.environ.get("SUBLEARN_HOME")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "~/.cache")
-    return Path(xdg).expanduser() / "sublearn"
-
-
 def base_path(config: BaseConfig) -> Path:
     init = "" if config.init_seed is None else f"-i{config.init_seed}"
     return cache_root() / "bases" / f"tiny-qwen2-s{config.seed}{init}-{config.key()}"
@@ -108,7 +107,7 @@ def build_base(config: BaseConfig, out: Path | None = None, progress: bool = Tru
     model.generation_config = GenerationConfig(
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
-    recipe = StudentRecipe(
+    recipe = TrainingRecipe(
         method="full",
         lr=config.lr,
         epochs=1.0,
@@ -145,8 +144,6 @@ def build_base(config: BaseConfig, out: Path | None = None, progress: bool = Tru
 
 def ensure_base(config: BaseConfig, progress: bool = True) -> Path:
     """The shipped base for `config` if one ships, else the cached one, built on first use."""
-    from sublearn.tinybase.shipped import shipped_path
-
     path = base_path(config)
     shipped = shipped_path(path.name)
     if shipped:
@@ -168,8 +165,6 @@ def _build_quietly(config: BaseConfig, threads: int) -> Path:
 def ensure_bases(configs: list[BaseConfig], progress: bool = True) -> list[Path]:
     """`ensure_base` for several bases; missing ones are built side by side, one process per
     core (an experiment needs the base and the cross-base: on 2 cores this halves the wait)."""
-    from sublearn.tinybase.shipped import shipped_path
-
     missing = list({c.key(): c for c in configs if not (base_path(c) / MANIFEST).exists()
                     and not shipped_path(base_path(c).name)}.values())
     workers = min(len(missing), usable_cores())
