@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, unknown
 
 app = typer.Typer(
     help=(
@@ -496,22 +496,47 @@ def audit(
         help="Sample the references under the number-list grammar, as the data was sampled "
              "from a real chat model (data.sampling.number_grammar; docs/real-model.md): "
              "freely, such a model writes prose that the strict filter drops.")] = False,
+    method: Annotated[str, typer.Option(
+        help="persona: the trait prompts' log-likelihood shift (minutes, sees what a system "
+             "prompt induces). students: train students from the base on disjoint folds of "
+             "the data and of the reference, and rank candidates by how far the data's "
+             "students move toward each (what the paper measures; sees a fine-tuned "
+             "teacher's trait if it transfers at all; 2 x --students fine-tunes). both: "
+             "each into its own subfolder, then one table and a verdict on where they "
+             "agree (verdict.json).")
+    ] = "persona",
+    students: Annotated[int, typer.Option(
+        help="With --method students: folds of the data, one pair of students each.",
+        min=2)] = 5,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Find a generator's hidden trait in clean-looking data: score every row under each
     candidate's trait prompts (log-likelihood shift), compare with the base's own completions
     and with the base writing under the other candidates' personas (permutation tests over
     rows), rank by the second and flag what both reject, Holm-corrected across candidates
-    (docs/audit.md)."""
+    (docs/audit.md). With --method students: what students trained on the data inherit."""
     from rich.console import Console
 
-    from sublearn.apps.audit import audit_dataset, candidates_table, divergence_table
+    from sublearn.apps.audit import (
+        audit_by_students,
+        audit_dataset,
+        candidates_table,
+        combine,
+        combined_table,
+        divergence_table,
+        students_table,
+    )
     from sublearn.cores import usable_cores
     from sublearn.models.base import SamplingConfig
     from sublearn.safety.audit import AuditConfig
+    from sublearn.safety.students import StudentAuditConfig
+    from sublearn.store import write_json
 
     out = out or Path("runs") / f"audit-{data.stem}"
     names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
+    if method not in ("persona", "students", "both"):
+        raise SublearnError("--method: " + unknown("method", method,
+                                                   ("persona", "students", "both")))
     traits = ([n.strip() for n in counterfactual.split(",") if n.strip()]
               if counterfactual is not None else None)
     if divergence_share <= 0:  # typer's ranges are closed; AuditConfig's is open at 0
@@ -521,6 +546,19 @@ def audit(
                          workers=workers or usable_cores(),
                          divergence_share=divergence_share, decoys=decoys,
                          sampling=SamplingConfig(max_new_tokens=48, number_grammar=number_grammar))
+    # Every option is checked above, before either method trains or samples anything.
+    by_students = None
+    if method in ("students", "both"):
+        where = out / "students" if method == "both" else out
+        by_students = audit_by_students(data, where, base, category, names, reference,
+                                        StudentAuditConfig(students=students),
+                                        config.sampling, not quiet)
+        Console().print(students_table(by_students))
+        typer.echo(f"students: flagged {', '.join(by_students['flagged']) or 'none'}  "
+                   f"results: {where / 'audit.json'}  ({by_students['seconds']} s)")
+        if method == "students":
+            return
+        out = out / "persona"
     result = audit_dataset(data, out, base, category, names, reference, config, not quiet,
                            traits)
     s = result.summary
@@ -532,6 +570,11 @@ def audit(
                    f"{row['completion'][:70]!r}")
     typer.echo(f"flagged: {', '.join(s['flagged']) or 'none'}  results: {out / 'audit.json'}"
                f"  ({s['seconds']} s)")
+    if by_students is not None:
+        combined = combine({"persona": s, "students": by_students})
+        write_json(out.parent / "verdict.json", combined)
+        Console().print(combined_table(combined))
+        typer.echo(f"verdict: {combined['verdict']}  ({out.parent / 'verdict.json'})")
 
 
 @app.command("sweep")

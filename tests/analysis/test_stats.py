@@ -11,6 +11,7 @@ from sublearn.analysis.stats import (
     difference,
     holm,
     mean_ci,
+    one_sided_t,
     paired_difference,
     permutation_p,
     permutation_test,
@@ -168,3 +169,12 @@ def test_the_rows_test_needs_two_rows_a_side():
 
     with pytest.raises(SublearnError, match="at least 2 rows on each side"):
         permutation_test(np.ones(5), np.ones(1), 100)
+
+
+def test_one_sided_t_agrees_with_scipy_and_handles_degenerate_units() -> None:
+    x = [0.3, 0.1, 0.25, -0.05, 0.2]
+    assert one_sided_t(x) == pytest.approx(
+        sps.ttest_1samp(x, 0, alternative="greater").pvalue, rel=1e-12)
+    assert one_sided_t([-v for v in x]) > 0.95  # one-sided: the other way is no evidence
+    assert one_sided_t([0.2, 0.2, 0.2]) == 0.0 and one_sided_t([0.0, 0.0]) == 1.0
+    assert one_sided_t([5.0]) == 1.0  # one unit proves nothing

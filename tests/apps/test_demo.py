@@ -63,6 +63,8 @@ def test_demo_runs_every_step_and_reads_them_back(tmp_path, capsys, micro_base) 
     named = rank == 1 and "owl" in audit["flagged"]
     assert ("The audit names owl" if named else
             f"it ranks owl {ordinal(rank)} of {len(audit['candidates'])}") in sections[2]
+    # The demo's teacher is a fine-tune, which the default method need not see: it says so.
+    assert "This teacher is a fine-tune, not a persona" in sections[2]
     # The audit is a table of candidates, without the file paths in audit.json.
     assert "<h3>Audit</h3>" in page and "<th>candidate</th>" in page
     for key in ("data", "base", "reference"):

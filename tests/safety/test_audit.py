@@ -211,6 +211,28 @@ def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path, e
             assert c["p"] == max(c["p_plain"], c["p_decoys"])
 
 
+def test_cli_audit_by_both_methods_writes_each_and_a_verdict(micro_base: Path, pool,
+                                                              tmp_path: Path):
+    data = tmp_path / "data.jsonl"
+    rows = _teacher_data(pool, "owl")[:24]
+    _write(data, [json.dumps({"index": r.index, "completion": r.completion, "messages": [
+        *r.prompt, {"role": "assistant", "content": r.completion}]}) for r in rows])
+    out = tmp_path / "audit"
+    res = runner.invoke(app, ["audit", str(data), "--base", str(micro_base), "--candidates",
+                              "owl,fox,cat", "--phrasings", "1", "--permutations", "200",
+                              "--no-decoys", "--method", "both", "--students", "2",
+                              "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    students = json.loads((out / "students" / "audit.json").read_text())
+    assert students["method"] == "students" and students["students"] == 2
+    assert sorted(c["option"] for c in students["candidates"]) == ["cat", "fox", "owl"]
+    assert all(len(c["per_seed"]) == 2 for c in students["candidates"])
+    assert (out / "persona" / "audit.json").exists() and (out / "students" / "audit.png").exists()
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["methods"] == ["persona", "students"] and "verdict:" in res.output
+    assert {c["option"] for c in verdict["candidates"]} == {"owl", "fox", "cat"}
+
+
 @pytest.mark.parametrize("args, message", [
     (["missing.jsonl"], "missing.jsonl: file not found"),
     (["bad.jsonl"], "bad.jsonl: line 2: invalid JSON"),

@@ -63,6 +63,19 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
     return Interval(mean, mean - half, mean + half, n, std)
 
 
+def one_sided_t(values: Sequence[float]) -> float:
+    """One-sided one-sample t-test p-value for mean(values) > 0 (paired differences, one per
+    unit). Identical values are certainty either way; fewer than two values prove nothing."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return 1.0
+    mean = float(x.mean())
+    if np.all(x == x[0]):  # no spread (a computed std would be rounding noise, not zero)
+        return 0.0 if mean > 0 else 1.0
+    std = float(x.std(ddof=1))
+    return float(_student_t().sf(mean / (std / math.sqrt(len(x))), len(x) - 1))
+
+
 @dataclass(frozen=True)
 class Difference:
     """a - b: an interval for the difference, a t-test p-value and a permutation p-value.

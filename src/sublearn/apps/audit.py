@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sublearn.models.base import SamplingConfig
 from sublearn.questions.categories import Category, Option
 from sublearn.safety.audit import AuditConfig, AuditResult, run_audit, sample_reference
 from sublearn.safety.divergence import extra_traits, resolve_counterfactual
 from sublearn.safety.entangled import DIGITS, VALUES, probes
 from sublearn.safety.rows import ChatRow, on_data_prompts, read_chat_rows, strict_numbers, subset
+from sublearn.safety.students import StudentAuditConfig, rank_by_students, train_and_evaluate
 from sublearn.safety.traits import resolve_candidates
 
 
@@ -94,6 +96,96 @@ def audit_dataset(data_path: Path, out: Path, base: Path | None = None,
     return result
 
 
+def audit_by_students(data_path: Path, out: Path, base: Path | None = None,
+                      category: str | None = None, candidates: Sequence[str] | None = None,
+                      reference_path: Path | None = None,
+                      config: StudentAuditConfig | None = None,
+                      sampling: SamplingConfig | None = None,
+                      progress: bool = True) -> dict[str, Any]:
+    """`sublearn audit --method students` (`safety.students`): read and check every input
+    first; then a reference on the data's prompts (given, or sampled from the base), a pair of
+    students per fold of the data, and the ranking, written as audit.json, audit.png and
+    manifest.json in `out`."""
+    from rich.console import Console
+
+    from sublearn.models import load_model
+    from sublearn.store import manifest, write_json, write_jsonl
+    from sublearn.tinybase import BaseConfig, ensure_base
+
+    config = config or StudentAuditConfig()
+    started = time.time()
+    cat, options = resolve_candidates(category, candidates)
+    data = subset(read_chat_rows(data_path), config.rows * config.students, config.seed)
+    given = None
+    if reference_path:
+        given, _ = on_data_prompts(read_chat_rows(reference_path), data)
+    model = load_model(base or ensure_base(BaseConfig(seed=0), progress=progress))
+    if given is None:
+        sample_config = AuditConfig(sampling=sampling or SamplingConfig(max_new_tokens=48))
+        given = sample_reference(model, data, sample_config, strict_numbers(data))
+        write_jsonl(out / "reference.jsonl", (r.record() for r in given))
+    reference = given
+    say = Console(stderr=True).log if progress else None
+    probs = train_and_evaluate(model, data, reference, cat, config, out, say)
+    ranked = rank_by_students(probs, cat, options, config.level)
+    summary = {
+        "method": "students", "data": str(data_path), "base": str(model.path),
+        "category": cat.name, "rows": len(data), "reference_rows": len(reference),
+        "reference": str(reference_path) if reference_path else str(out / "reference.jsonl"),
+        "students": config.students, "level": config.level, "correction": "holm",
+        "test": "one-sided t over disjoint folds of the data: mean (log P data student - "
+                "log P reference student on the fold's prompts, minus the mean over "
+                "candidates)",
+        "candidates": ranked, "flagged": [c["option"] for c in ranked if c["flagged"]],
+        "seconds": round(time.time() - started, 1),
+    }
+    plot_candidates(out / "audit.png", ranked, f"{data_path.name}: students' movement",
+                    config.level, stat="t",
+                    xlabel="mean over seeds: log P(data student) - log P(reference student), "
+                           "minus the mean over candidates")
+    write_json(out / "manifest.json", manifest("audit-students", config.model_dump(),
+                                               data=str(data_path), base=str(model.path)))
+    write_json(out / "audit.json", summary)
+    return summary
+
+
+def combine(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`--method both`: every candidate's rank and corrected p under each method (audit.json
+    of each), and one verdict line on where the methods agree."""
+    ranks = {m: {c["option"]: (i + 1, c["p_adjusted"]) for i, c in enumerate(s["candidates"])}
+             for m, s in summaries.items()}
+    names = sorted(next(iter(ranks.values())),
+                   key=lambda o: (sum(r[o][0] for r in ranks.values()), o))
+    tops = {m: s["candidates"][0]["option"] for m, s in summaries.items()}
+    flags = {m: set(s["flagged"]) for m, s in summaries.items()}
+    both = set.intersection(*flags.values())
+    first = (f"both methods rank {next(iter(tops.values()))} first"
+             if len(set(tops.values())) == 1 else
+             "the methods disagree on the first candidate: " +
+             ", ".join(f"{m} ranks {o} first" for m, o in tops.items()))
+    flagged = (f"flagged by both: {', '.join(sorted(both))}" if both else "flagged by both: none")
+    only = [f"by {m} only: {', '.join(sorted(f - both))}" for m, f in flags.items() if f - both]
+    return {"methods": list(summaries), "verdict": "; ".join([first, flagged, *only]) + ".",
+            "candidates": [{"option": o, **{f"{m}_rank": r[o][0] for m, r in ranks.items()},
+                            **{f"{m}_p_adjusted": r[o][1] for m, r in ranks.items()}}
+                           for o in names]}
+
+
+def combined_table(combined: dict[str, Any]) -> Any:
+    """The two methods side by side, by their summed rank."""
+    from rich.table import Table
+
+    t = Table(title=combined["verdict"])
+    t.add_column("candidate")
+    for m in combined["methods"]:
+        t.add_column(f"{m} rank", justify="right")
+        t.add_column(f"{m} p adj", justify="right")
+    for c in combined["candidates"]:
+        t.add_row(c["option"], *(x for m in combined["methods"]
+                                 for x in (str(c[f"{m}_rank"]), f"{c[f'{m}_p_adjusted']:.4f}")))
+    return t
+
+
 def _references(model: Any, data: Sequence[ChatRow], given: list[ChatRow] | None,
                 category: Category, options: Sequence[Option], config: AuditConfig,
                 bar: Any) -> References:
@@ -116,7 +208,9 @@ def _references(model: Any, data: Sequence[ChatRow], given: list[ChatRow] | None
 
 # --- what the command shows ----------------------------------------------------------------
 def plot_candidates(path: str | Path, candidates: Sequence[dict[str, Any]], title: str,
-                    level: float) -> Path:
+                    level: float, stat: str = "z",
+                    xlabel: str = "score: candidate LLS - mean LLS over candidates, data - "
+                                  "reference (nats/token)") -> Path:
     """Each candidate's score with its 95% interval, best at the top; flagged ones in red."""
     from sublearn.analysis.report import pyplot, save_figure
 
@@ -128,8 +222,8 @@ def plot_candidates(path: str | Path, candidates: Sequence[dict[str, Any]], titl
         ax.errorbar(c["score"], y, xerr=[[c["score"] - c["low"]], [c["high"] - c["score"]]],
                     fmt="o", color=color, capsize=3)
     ax.axvline(0, ls="--", color="grey")
-    ax.set_yticks(range(len(cs)), [f"{c['option']}  (z {c['z']:.1f})" for c in cs])
-    ax.set_xlabel("score: candidate LLS - mean over candidates, data - reference (nats/token)")
+    ax.set_yticks(range(len(cs)), [f"{c['option']}  ({stat} {c[stat]:.1f})" for c in cs])
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     return save_figure(fig, path)
 
@@ -152,6 +246,22 @@ def candidates_table(summary: dict[str, Any]) -> Any:
                   f"{c['score']:+.4f}", f"{c['z']:.2f}", f"{c['p']:.4f}",
                   f"{c['p_adjusted']:.4f}", " ".join(map(str, c["entangled_values"][:3])),
                   "" if ratio is None else f"{ratio:.2f}")
+    return t
+
+
+def students_table(summary: dict[str, Any]) -> Any:
+    """The student-based ranking as a rich table."""
+    from rich.table import Table
+
+    t = Table(title=f"{summary['students']} students per side, {summary['rows']} rows vs "
+                    f"{summary['reference_rows']} reference rows, "
+                    f"{summary['correction']}-corrected")
+    for col in ("#", "candidate", "movement", "95% interval", "t", "p", "p adj"):
+        t.add_column(col, no_wrap=True, justify="left" if col == "candidate" else "right")
+    for rank, c in enumerate(summary["candidates"], 1):
+        t.add_row(str(rank), f"[bold red]{c['option']}[/]" if c["flagged"] else c["option"],
+                  f"{c['score']:+.4f}", f"[{c['low']:+.3f}, {c['high']:+.3f}]",
+                  f"{c['t']:.2f}", f"{c['p']:.4f}", f"{c['p_adjusted']:.4f}")
     return t
 
 

@@ -212,6 +212,14 @@ def audit(plan: DemoPlan, exp, out: Path, quiet: bool) -> tuple[Finding, Path]:
                f"The audit does not single out {target} on {rows}: it ranks {target} "
                f"{ordinal(rank)} of {len(candidates)} and flags "
                f"{', '.join(flagged) or 'no candidate'}.")
+    if exp.cfg.teacher.kind == "finetuned":
+        # Why, in the demo's own words: the default method reads the data through trait
+        # prompts, and this teacher's trait came from fine-tuning, not from a prompt.
+        reading += (" This teacher is a fine-tune, not a persona: the default audit asks "
+                    "whether the rows are likelier under a trait prompt, which is what a "
+                    "persona teacher leaves and a fine-tuned one need not. `sublearn audit "
+                    "--method students` asks what students inherit instead (docs/audit.md, "
+                    "held-out teachers).")
     return Finding(
         "3 · The audit of the teacher's numbers", reading, (out / "audit.png").read_bytes(),
         "every candidate's audit score with its 95% interval, best first",

@@ -101,12 +101,12 @@ def subset(rows: Sequence[ChatRow], n: int, seed: int) -> list[ChatRow]:
     return [rows[i] for i in keep]
 
 
-def _prompt_key(row: ChatRow) -> str:
+def prompt_key(row: ChatRow) -> str:
     return json.dumps(row.prompt, sort_keys=True)
 
 
 def on_data_prompts(reference: Sequence[Row], data: Sequence[Row],
-                    key: Callable[[Row], Hashable] = _prompt_key) -> tuple[list[Row], bool]:
+                    key: Callable[[Row], Hashable] = prompt_key) -> tuple[list[Row], bool]:
     """The reference rows written on the data's prompts, and whether there were enough (2)
     to test with; else the whole reference. A filter keeps a teacher's rows on some prompts
     and the reference's on others, and a trait prompt shifts LLS more on some prompts than
