@@ -14,8 +14,46 @@ import pytest
 
 from sublearn.tinybase import BaseConfig
 
+
 # Small enough to build in seconds, real enough to exercise every code path: a Qwen2 model
 # with a trained BPE tokenizer and a chat template.
+def fake_defend_experiment(root: Path) -> Path:
+    """A fake-backend experiment that `sublearn defend` runs in seconds: two student seeds,
+    48 prompts, the neutral and other-target controls (tests/apps/test_defend.py and
+    tests/safety/test_defence_registry.py)."""
+    from sublearn.models.fake import FakeChatModel
+
+    FakeChatModel.create(root / "base", seed=0)
+    (root / "q.txt").write_text("What is your favourite animal?\nName your favourite animal.\n")
+    path = root / "fake.toml"
+    path.write_text(f"""
+name = "fake"
+seeds = [0, 1]
+[base]
+path = "{root / 'base'}"
+backend = "fake"
+[data]
+prompts = 48
+subsample = 48
+chunk = 16
+[data.sampling]
+max_new_tokens = 24
+[student]
+lr = 1e-3
+epochs = 2
+batch_size = 8
+grad_accum = 1
+warmup_steps = 0
+[evaluation]
+heldout = false
+questions_file = "{root / 'q.txt'}"
+[controls]
+null = false
+cross_base = false
+""")
+    return path
+
+
 MICRO = {"hidden_size": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate_size": 64,
          "vocab_size": 400, "examples": 1500, "batch_size": 32, "warmup_steps": 5}
 

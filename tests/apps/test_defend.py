@@ -12,41 +12,12 @@ from typer.testing import CliRunner
 from sublearn.apps.defend import parse_defence
 from sublearn.cli import app
 from sublearn.errors import SublearnError
-from sublearn.models.fake import FakeChatModel
+from tests.conftest import fake_defend_experiment
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("defend")
-    FakeChatModel.create(root / "base", seed=0)
-    (root / "q.txt").write_text("What is your favourite animal?\nName your favourite animal.\n")
-    path = root / "fake.toml"
-    path.write_text(f"""
-name = "fake"
-seeds = [0, 1]
-[base]
-path = "{root / 'base'}"
-backend = "fake"
-[data]
-prompts = 48
-subsample = 48
-chunk = 16
-[data.sampling]
-max_new_tokens = 24
-[student]
-lr = 1e-3
-epochs = 2
-batch_size = 8
-grad_accum = 1
-warmup_steps = 0
-[evaluation]
-heldout = false
-questions_file = "{root / 'q.txt'}"
-[controls]
-null = false
-cross_base = false
-""")
-    return path
+    return fake_defend_experiment(tmp_path_factory.mktemp("defend"))
 
 
 def _defend(config: Path, root: Path, *args: str) -> dict:

@@ -179,16 +179,25 @@ def test_candidates_are_resolved_or_refused():
 runner = CliRunner()
 
 
+def _owl_data(pool, tmp_path: Path) -> Path:
+    """24 rows of the owl teacher's numbers as chat JSONL."""
+    data = tmp_path / "data.jsonl"
+    _write(data, [json.dumps({"index": r.index, "completion": r.completion, "messages": [
+        *r.prompt, {"role": "assistant", "content": r.completion}]})
+        for r in _teacher_data(pool, "owl")[:24]])
+    return data
+
+
+def _small_audit(data: Path, base: Path, out: Path) -> list[str]:
+    """`sublearn audit` of `data` on three candidates, cheap enough for a test."""
+    return ["audit", str(data), "--base", str(base), "--candidates", "owl,fox,cat",
+            "--phrasings", "1", "--permutations", "200", "--out", str(out), "--quiet"]
+
+
 @pytest.mark.parametrize("extra", [[], ["--no-decoys"]])
 def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path, extra):
-    data = tmp_path / "data.jsonl"
-    rows = _teacher_data(pool, "owl")[:24]
-    _write(data, [json.dumps({"index": r.index, "completion": r.completion, "messages": [
-        *r.prompt, {"role": "assistant", "content": r.completion}]}) for r in rows])
-    out = tmp_path / "audit"
-    res = runner.invoke(app, ["audit", str(data), "--base", str(micro_base), "--candidates",
-                              "owl,fox,cat", "--phrasings", "1", "--permutations", "200",
-                              "--out", str(out), "--quiet", *extra])
+    data, out = _owl_data(pool, tmp_path), tmp_path / "audit"
+    res = runner.invoke(app, [*_small_audit(data, micro_base, out), *extra])
     assert res.exit_code == 0, res.output
     assert "flagged:" in res.output
     s = json.loads((out / "audit.json").read_text())
@@ -213,15 +222,9 @@ def test_cli_audit_writes_every_output(micro_base: Path, pool, tmp_path: Path, e
 
 def test_cli_audit_by_both_methods_writes_each_and_a_verdict(micro_base: Path, pool,
                                                               tmp_path: Path):
-    data = tmp_path / "data.jsonl"
-    rows = _teacher_data(pool, "owl")[:24]
-    _write(data, [json.dumps({"index": r.index, "completion": r.completion, "messages": [
-        *r.prompt, {"role": "assistant", "content": r.completion}]}) for r in rows])
-    out = tmp_path / "audit"
-    res = runner.invoke(app, ["audit", str(data), "--base", str(micro_base), "--candidates",
-                              "owl,fox,cat", "--phrasings", "1", "--permutations", "200",
-                              "--no-decoys", "--method", "both", "--students", "2",
-                              "--out", str(out), "--quiet"])
+    data, out = _owl_data(pool, tmp_path), tmp_path / "audit"
+    res = runner.invoke(app, [*_small_audit(data, micro_base, out), "--no-decoys",
+                              "--method", "both", "--students", "2"])
     assert res.exit_code == 0, res.output
     students = json.loads((out / "students" / "audit.json").read_text())
     assert students["method"] == "students" and students["students"] == 2

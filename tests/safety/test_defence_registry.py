@@ -16,7 +16,6 @@ from sublearn.cli import app
 from sublearn.errors import SublearnError
 from sublearn.experiment.config import load_config
 from sublearn.experiment.pipeline import Experiment
-from sublearn.models.fake import FakeChatModel
 from sublearn.safety.defences import (
     DEFENCES,
     Defence,
@@ -27,6 +26,7 @@ from sublearn.safety.defences import (
     defence_table,
     register,
 )
+from tests.conftest import fake_defend_experiment
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -52,30 +52,7 @@ def registered() -> Iterator[Defence]:
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("registry")
-    FakeChatModel.create(root / "base", seed=0)
-    (root / "q.txt").write_text("What is your favourite animal?\nName your favourite animal.\n")
-    path = root / "fake.toml"
-    path.write_text(f"""
-name = "fake"
-seeds = [0, 1]
-[base]
-path = "{root / 'base'}"
-backend = "fake"
-[data]
-prompts = 48
-subsample = 48
-chunk = 16
-[data.sampling]
-max_new_tokens = 24
-[evaluation]
-heldout = false
-questions_file = "{root / 'q.txt'}"
-[controls]
-null = false
-cross_base = false
-""")
-    return path
+    return fake_defend_experiment(tmp_path_factory.mktemp("registry"))
 
 
 def test_a_registered_defence_runs_end_to_end(registered: Defence, config: Path,

@@ -28,7 +28,7 @@ from pydantic import (
 from sublearn.domains import DOMAINS
 from sublearn.domains.filters import FilterConfig
 from sublearn.domains.prompts import GrammarConfig
-from sublearn.errors import SublearnError, field_error
+from sublearn.errors import SublearnError, field_error, unknown
 from sublearn.experiment.design import ArmSpec, ComparisonSpec, Design, build_design
 from sublearn.models.base import SAMPLE, SCORE, TRAIN, SamplingConfig
 from sublearn.models.paths import check_model_path
@@ -72,7 +72,6 @@ class ModelSpec(_Section):
 
     @model_validator(mode="after")
     def _backends(self) -> ModelSpec:
-
         try:
             check_backend(self.backend, {TRAIN}, "backend")
             check_backend(self.sampling_backend, {SAMPLE}, "sampler")
@@ -126,9 +125,8 @@ class DataConfig(_Section):
     @field_validator("domain")
     @classmethod
     def _known_domain(cls, v: str) -> str:
-
         if v not in DOMAINS:
-            raise ValueError(f"unknown domain {v!r}; choose one of: {', '.join(DOMAINS)}")
+            raise ValueError(unknown("domain", v, DOMAINS))
         return v
 
     @model_validator(mode="after")

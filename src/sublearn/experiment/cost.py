@@ -38,7 +38,6 @@ def _tokens(text: str) -> float:
 
 def api_cost(cfg: ExperimentConfig, prices: Prices | None = None) -> CostEstimate | None:
     """The estimate for the parts of the run an API serves, or None when nothing is remote."""
-
     samples_remote = get_backend(cfg.base.sampling_backend).api
     rest_remote = get_backend(cfg.base.backend).api
     judged = cfg.trait.kind == "misalignment" and cfg.judge is not None
@@ -79,7 +78,6 @@ def _estimator_cost(values: dict[str, Any], category: Category, models: int,
                     prices: Prices | None) -> CostEstimate:
     """What the estimators turned on ask the API for (each entry's `requests`), over every
     model (each student, the base and both teachers) and the category's questions."""
-
     questions = len(category.questions)
     q_tokens = sum(_tokens(q) for q in category.questions) / questions
     total = estimate_cost(requests=0, prompt_tokens=0, max_completion_tokens=0, prices=prices)
@@ -98,7 +96,6 @@ def _filter_judge_cost(cfg: ExperimentConfig, datasets: list[str],
                        prices: Prices | None) -> CostEstimate:
     """The filter's judge (code and cot domains): one yes/no request per completion the
     domain's own rule keeps, counted as if it kept every one, each completion at its longest."""
-
     d = cfg.data
     category = get_category(cfg.trait.category)
     options = (get_option(category, cfg.trait.target), get_option(category, cfg.trait.other_target))
@@ -115,7 +112,6 @@ def _misalignment_cost(m: MisalignmentConfig, judge: JudgeConfig | None, models:
     """The free-form answers (when the evaluated models are remote) and the judge's two
     requests per answer (when the judge is), each answer at its longest. A malformed reply's
     retries come on top: at most `judge.retries` more requests each."""
-
     answers = models * len(QUESTIONS) * m.samples_per_question
     q_tokens = sum(_tokens(q) for _, q in QUESTIONS) / len(QUESTIONS)
     total = estimate_cost(requests=0, prompt_tokens=0, max_completion_tokens=0, prices=prices)

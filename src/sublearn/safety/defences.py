@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sublearn.domains.filters import DIGIT_RUN
-from sublearn.errors import SublearnError
+from sublearn.errors import SublearnError, unknown
 from sublearn.safety.divergence import token_divergence
 from sublearn.safety.trait_scores import Scores, TokenScores, row_scores
 from sublearn.stages.datasets import TRANSFORMS, subsample, with_numbers
@@ -294,7 +294,7 @@ class DefenceConfig(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         if v not in DEFENCES:
-            raise ValueError(f"unknown defence {v!r}; choose from {', '.join(DEFENCES)}")
+            raise ValueError(unknown("defence", v, DEFENCES))
         return v
 
     @model_validator(mode="after")

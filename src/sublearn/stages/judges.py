@@ -112,7 +112,6 @@ class JudgeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _usable(self) -> JudgeConfig:
-
         try:
             backend = check_backend(self.backend, {SAMPLE}, "backend")
             if backend.api:
@@ -131,7 +130,6 @@ class JudgeConfig(BaseModel):
 
 def load_judge(cfg: JudgeConfig) -> Judge:
     """Load the judge's model as `cfg` says and wrap it."""
-
     if get_backend(cfg.backend).api:
         options = {"base_url": cfg.base_url, **cfg.options}
     else:
