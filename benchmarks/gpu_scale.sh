@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/scale.md in one run: the scale benchmark at three real shapes
 # (randomly initialised, nothing downloaded), HF sampling and, when `import vllm` works, vLLM
-# sampling; soft labels on the two small shapes. About 10 minutes on one H100, the 7B shape
-# most of it (building and saving 15 GB of weights, then loading them into vLLM and into
-# transformers).
+# sampling; soft labels too. About 5 minutes on one H200 without vLLM (docs/scale.md, "GPU
+# figures"), the 7B shape most of it (building and saving 15 GB of weights, then loading them
+# into vLLM and into transformers).
 #
 #   bash benchmarks/gpu_scale.sh [OUT_DIR]        # default: $OUT if set, else gpu-scale-out
 #
@@ -28,10 +28,11 @@ run() {  # shape, seconds allowed, extra flags
   echo "== $shape: exit ${PIPESTATUS[0]}"
 }
 
-# The small shapes: 512 samples and 512 rows (the benchmark's GPU default), soft labels too.
-# The 7B shape: half the samples and rows and no soft labels, to stay inside the 10 minutes
-# (per-row rates, and so the projection, do not depend on the counts). vLLM gets half the card.
+# Every shape at the benchmark's GPU default, 512 samples and 512 rows, with soft labels. On a
+# GPU the first optimizer steps carry one-off costs, so fewer rows overstate the per-row rate
+# (measured on an H200: 0.026 s/row over 264 rows, 0.013 over 512; docs/scale.md). The three
+# shapes took 267 s there in all; vLLM, when installed, gets half the card.
 run qwen2.5-0.5b 120 --soft
 run llama-3.2-1b 150 --soft
-run qwen2.5-7b 300 --samples 256 --rows 264
+run qwen2.5-7b 300 --soft
 ls -l "$out"

@@ -634,6 +634,62 @@ def sweep(
                f"({out.tasks} tasks, {out.skipped} skipped, {out.seconds:.0f} s)")
 
 
+@app.command("claims")
+@friendly
+def claims(
+    names: Annotated[list[str] | None, typer.Argument(
+        help="Claims to run, by file name without .toml (default: every claim of "
+             "--folder): shared-base, lora, optimiser, dilution, ...")] = None,
+    folder: Annotated[Path | None, typer.Option(
+        help="Where the claim files are; default: the package's configs/claims.")] = None,
+    root: Annotated[Path, typer.Option(help="Where the runs go; conditions share "
+                                       "<root>/store.")] = Path("runs/claims"),
+    out: Annotated[Path, typer.Option(help="The document written.")] = Path("docs/claims.md"),
+    address: Annotated[str | None, typer.Option(help="An existing Ray cluster.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Parallel tasks of a local Ray instance; default: this machine's cores.",
+        min=1)] = None,
+    sequential: Annotated[bool, typer.Option(help="Tasks one after another in this "
+                                             "process, even with Ray installed.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List the claims and their "
+                                        "conditions; run nothing.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Check the literature's claims about subliminal learning, side by side.
+
+    Each claim is a file in configs/claims/: the claim's words, its source, the
+    published figure and model, and its conditions (the experiment with some
+    fields set, e.g. student.optimizer = "sgd") with what the claim predicts for
+    each: transfer, no transfer, or below/above another condition. Every
+    condition of every claim is one point of a sweep: students are resumable
+    tasks (on Ray when installed), and conditions share teachers and data
+    through <root>/store.
+
+    Example: sublearn claims lora optimiser   (or no name: every claim)
+
+    Writes --out (default docs/claims.md): one row per claim with sublearn's
+    figure per condition (95% interval over student seeds), the verdict (holds,
+    partly holds, does not hold, not testable here) and the command; then each
+    claim's per-seed values. A rerun finds everything cached and only rewrites
+    the document (docs/claims.md says what each claim cost).
+    """
+    from sublearn.apps.claims import DEFAULT_FOLDER, claims_command
+    from sublearn.experiment.claims import select
+
+    where = folder or DEFAULT_FOLDER
+    if list_:
+        for spec in select(where, names or []):
+            conds = ", ".join(f"{c.name} ({c.expect})" for c in spec.claim.conditions)
+            typer.echo(f"{spec.name}: {spec.claim.title}\n    "
+                       f"{conds or 'untestable: ' + str(spec.claim.untestable)}")
+        return
+    rows, written = claims_command(names or [], where, root, out, address, workers,
+                                   sequential, quiet)
+    for r in rows:
+        typer.echo(f"{r.spec.name}: {r.verdict} ({r.why})")
+    typer.echo(f"table: {written}")
+
+
 def _defence_help() -> str:
     """--defence's help, from the defence registry."""
     from sublearn.safety.defences import default_defences, defence_forms

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from sublearn.errors import SublearnError
-from sublearn.models import load_model
+from sublearn.models import examples, load_model
 from sublearn.models.persona import Persona
 from sublearn.models.recipe import TrainingRecipe
-from sublearn.models.training import _batches
 
 # Compares floats from the CPU's kernels: CI runs this file again on a second kernel path
 # (.ci/run), so a tolerance that holds on one vector unit only fails where it is seen.
@@ -85,7 +84,7 @@ def test_chunked_loss_equals_the_whole_vocabulary_loss(micro_model, monkeypatch)
 
     rows = [{"messages": [*N, {"role": "assistant", "content": c}]} for c in ("1, 2", "33; 4")]
     recipe = TrainingRecipe()
-    batch = [training._example(micro_model, r, recipe, i) for i, r in enumerate(rows)]
+    batch = [examples.example(micro_model, r, recipe, i) for i, r in enumerate(rows)]
     whole = training._batch_loss(micro_model, micro_model.model, batch, [1.0, 1.0], None).item()
     monkeypatch.setattr(training, "CHUNK_BYTES", 3 * 4 * micro_model.model.config.vocab_size)
     monkeypatch.setattr(training, "chunk_positions", lambda columns: 3)
@@ -112,9 +111,9 @@ def test_rows_must_end_with_an_assistant_turn(micro_model, tmp_path: Path):
 def test_batches_cover_each_epoch_once(group: bool):
     lengths = [5, 9, 1, 7, 3, 8, 2, 6, 4, 10]
     recipe = TrainingRecipe(batch_size=3, group_by_length=group, seed=1)
-    batches = _batches(lengths, recipe, needed=4)  # one epoch: 3+3+3+1
+    batches = examples.batches_of(lengths, recipe, needed=4)  # one epoch: 3+3+3+1
     assert sorted(i for b in batches for i in b) == list(range(10))
-    assert _batches(lengths, recipe, 4) == batches
+    assert examples.batches_of(lengths, recipe, 4) == batches
 
 
 def test_gradient_checkpointing_trains_the_same_and_is_switched_off(micro_model, tmp_path: Path):
@@ -180,7 +179,7 @@ def test_rounded_shapes_do_not_change_the_loss(micro_base, monkeypatch, labels):
         assert all(d.dtype == torch.float64 for d in dists)
         rows = [{**r, "soft_labels": d} for r, d in zip(rows, dists)]
     recipe = TrainingRecipe(labels=labels)
-    batch = [training._example(model, r, recipe, i) for i, r in enumerate(rows)]
+    batch = [examples.example(model, r, recipe, i) for i, r in enumerate(rows)]
     columns = model.number_token_ids if labels == "soft" else None
 
     def loss() -> torch.Tensor:
@@ -245,7 +244,7 @@ def test_pass_estimate_covers_what_autograd_saves(micro_base):
     recipe = TrainingRecipe()
     rows = [{"messages": [*N, {"role": "assistant", "content": c}]}
             for c in ("1, 2", "33; 4, 5", "7, 7, 7, 7, 7", "80")]
-    batch = [training._example(model, r, recipe, i) for i, r in enumerate(rows)]
+    batch = [examples.example(model, r, recipe, i) for i, r in enumerate(rows)]
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -266,9 +265,134 @@ def test_pass_estimate_covers_what_autograd_saves(micro_base):
 
 def test_a_prompt_that_fills_max_length_is_refused(micro_model):
     """Truncation keeps the prompt: one as long as max_length would train on nothing."""
-    from sublearn.models import training
 
     row = {"messages": [*N, {"role": "assistant", "content": "1, 2"}]}
     with pytest.raises(SublearnError, match="training row 3: its prompt is .* leaves no "
                                             "completion token"):
-        training._example(micro_model, row, TrainingRecipe(max_length=8), 3)
+        examples.example(micro_model, row, TrainingRecipe(max_length=8), 3)
+
+
+# --- training only some decoder layers (`TrainingRecipe.layers`) --------------------------
+
+
+def test_full_finetuning_of_one_layer_changes_only_that_layer(micro_model, tmp_path: Path):
+    rows = [{"messages": [*N, {"role": "assistant", "content": "4, 5, 6"}]}] * 4
+    recipe = TrainingRecipe(method="full", layers=[0], lr=1e-2, epochs=1, batch_size=4,
+                            grad_accum=1, warmup_steps=0)
+    before = {k: v.clone() for k, v in micro_model.model.state_dict().items()}
+    out = micro_model.finetune(rows, recipe, tmp_path / "s", progress=False)
+    student = load_model(out, device="cpu", dtype="float32")
+    after = student.model.state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # Embeddings, the final norm, the output layer and layer 1 are bit-identical.
+    assert changed and all(k.startswith("model.layers.0.") for k in changed)
+    assert "model.layers.0.mlp.down_proj.weight" in changed
+    plain = micro_model.completion_logprobs([N], ["4, 5, 6"])[0]
+    assert sum(student.completion_logprobs([N], ["4, 5, 6"])[0]) > sum(plain)
+    # The resident base is untouched and still trainable.
+    assert all(torch.equal(before[k], v) for k, v in micro_model.model.state_dict().items())
+    assert all(p.requires_grad for p in micro_model.model.parameters())
+
+
+def test_full_finetuning_of_some_layers_is_sized_for_their_optimiser_state(monkeypatch):
+    from sublearn.models import training
+
+    monkeypatch.setattr(training, "free_bytes", lambda device: 10 * 2**30)
+    # fp32 copy of all 7B (26.1 GiB) plus gradients and moments of 1B (11.2 GiB).
+    with pytest.raises(SublearnError, match=r"needs about 37.3 GiB"):
+        training.check_full_fits(7_000_000_000, torch.device("cpu"), n_trainable=10**9)
+
+
+def test_lora_on_one_layer_puts_adapters_only_there(micro_model, tmp_path: Path):
+    import json
+
+    from safetensors.torch import load_file
+
+    rows = [{"messages": [*N, {"role": "assistant", "content": "1, 2"}]}] * 4
+    recipe = TrainingRecipe(layers=[1], lr=1e-2, epochs=1, batch_size=4, grad_accum=1,
+                            warmup_steps=0)
+    out = micro_model.finetune(rows, recipe, tmp_path / "s", progress=False)
+    keys = load_file(out / "adapter_model.safetensors").keys()
+    # LoRA A and B on each of the seven projections of layer 1, none elsewhere.
+    assert len(keys) == 2 * 7
+    assert all(".layers.1." in k for k in keys)
+    assert json.loads((out / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    plain = micro_model.completion_logprobs([N], ["1, 2"])[0]
+    with micro_model.attached(out) as student:
+        assert sum(student.completion_logprobs([N], ["1, 2"])[0]) > sum(plain)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_layer_past_the_models_last_is_refused_before_training(micro_model, monkeypatch,
+                                                                 tmp_path: Path, method: str):
+    from sublearn.models import training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(training, "_train", no_training)
+    rows = [{"messages": [*N, {"role": "assistant", "content": "1, 2"}]}]
+    recipe = TrainingRecipe(method=method, layers=[0, 2])
+    with pytest.raises(SublearnError, match=r"student.layers = \[0, 2\]: layer 2 .* has 2 "
+                                            r"decoder layers"):
+        micro_model.finetune(rows, recipe, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+    assert not hasattr(micro_model.model, "peft_config")  # no adapter left behind
+
+
+def test_layers_stay_out_of_the_recipes_dump_until_set():
+    from pydantic import ValidationError
+
+    # Recipe dumps are part of cached artifacts' keys: the default must not change them.
+    assert "layers" not in TrainingRecipe().model_dump()
+    assert "layers" not in TrainingRecipe().model_dump(mode="json")
+    assert TrainingRecipe(layers=[7, 0]).model_dump()["layers"] == [0, 7]
+    for bad, why in (([], "at least one"), ([-1], "0-based"), ([0, 3, 0], "duplicates")):
+        with pytest.raises(ValidationError, match=why):
+            TrainingRecipe(layers=bad)
+
+
+# --- loss masks ---
+def _masked_row(completion: str, mask: list) -> dict:
+    return {"messages": [*N, {"role": "assistant", "content": completion}], "loss_mask": mask}
+
+
+def test_a_loss_mask_leaves_out_exactly_the_tokens_it_covers(micro_model):
+
+    recipe = TrainingRecipe()
+    # Digits are one token each on the embedded tokenizer: "12, 7" is 1|2|,| |7 (+ end).
+    ids, n, _, learn = examples.example(micro_model, _masked_row("12, 7", [[0, 2]]), recipe, 0)
+    comp = micro_model.encode("12, 7")
+    assert len(ids) - n == len(comp) + 1
+    assert learn == list(range(2, len(comp) + 1)), "the two digits out, the end token in"
+    # Position len(completion) is the end-of-turn token.
+    *_, learn = examples.example(micro_model, _masked_row("12, 7", [[5, 6]]), recipe, 0)
+    assert learn == list(range(len(comp)))
+    *_, learn = examples.example(micro_model, _masked_row("12, 7", []), recipe, 0)
+    assert learn is None, "an empty mask is no mask"
+    with pytest.raises(SublearnError, match="row 3: its loss_mask leaves no completion token"):
+        examples.example(micro_model, _masked_row("12, 7", [[0, 6]]), recipe, 3)
+
+
+def test_a_masked_rows_loss_is_the_loss_of_the_tokens_left(micro_base):
+    """One token left in the loss: the batch loss is that position's cross-entropy alone,
+    computed here from the model's logits (float64, so the two summation orders agree)."""
+    from sublearn.models import load_model, training
+
+    model = load_model(micro_base, device="cpu", dtype="float32")
+    model.model.double()
+    text = "31, 4"
+    keep = 1  # the digit "1"
+    mask = [[0, 1], [2, len(text) + 1]]
+    ex = examples.example(model, _masked_row(text, mask), TrainingRecipe(), 0)
+    assert ex[3] == [keep]
+    got = training._batch_loss(model, model.model, [ex], [1.0], None)
+    ids, n = ex[0], ex[1]
+    with torch.no_grad():
+        logits = model.model(input_ids=torch.tensor([ids])).logits[0].double()
+    want = torch.nn.functional.cross_entropy(logits[n - 1 + keep][None],
+                                             torch.tensor([ids[n + keep]]))
+    assert got.item() == pytest.approx(want.item(), rel=1e-9)
+    whole = training._batch_loss(model, model.model, [ex[:3] + (None,)], [1.0], None)
+    assert whole.item() > got.item() * 1.5, "the unmasked row has more loss"

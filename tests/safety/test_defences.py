@@ -170,3 +170,38 @@ def test_unknown_trait_fails_at_config_load(tmp_path: Path):
     with pytest.raises(ValueError, match="defence.trait: unknown animal 'unicorn'"):
         ExperimentConfig.model_validate(
             {"defence": {"name": "lls_filter", "strength": 0.5, "trait": "unicorn"}})
+
+
+@pytest.mark.parametrize("completion, canonical", [
+    ("[12, 7, 300]", "12, 7, 300"),
+    ("12;7;300.", "12, 7, 300"),
+    ("(12 7\n300)", "12, 7, 300"),
+    ("12,7 , 300", "12, 7, 300"),
+    ("5", "5"),
+])
+def test_canonicalise_leaves_the_numbers_alone_in_one_format(completion, canonical):
+    row = _row(3, completion)
+    (out,) = DefenceConfig(name="canonicalise").apply([row], 0)
+    assert out["completion"] == canonical
+    assert out["messages"][-1] == {"role": "assistant", "content": canonical}
+    assert out["messages"][:-1] == row["messages"][:-1] and out["index"] == 3
+
+
+def _mask_positions(row: dict) -> set[int]:
+    return {j for a, b in row.get("loss_mask", []) for j in range(a, b)}
+
+
+def test_divergence_loss_masks_pick_the_digits_divergence_replaces(planted, scores):
+    _, _, rows = planted
+    replaced = set(_changed(rows, DefenceConfig(name="divergence", strength=0.1)
+                            .apply(rows, 0, _inputs(scores))))
+    masked = DefenceConfig(name="divergence_mask", strength=0.1).apply(rows, 0, _inputs(scores))
+    assert [r["completion"] for r in masked] == [r["completion"] for r in rows], "text unchanged"
+    assert {(i, j) for i, r in enumerate(masked) for j in _mask_positions(r)} == replaced
+    only = DefenceConfig(name="divergence_only", strength=0.1).apply(rows, 0, _inputs(scores))
+    kept_rows = sorted({i for i, _ in replaced})
+    assert [r["index"] for r in only] == [rows[i]["index"] for i in kept_rows], \
+        "rows without a chosen digit have nothing to learn and are dropped"
+    for i, r in zip(kept_rows, only, strict=True):
+        everything = set(range(len(r["completion"]) + 1))  # the end token is the last position
+        assert everything - _mask_positions(r) == {j for k, j in replaced if k == i}

@@ -130,9 +130,15 @@ class Models:
 
 
 class Experiment:
-    def __init__(self, config: ExperimentConfig, root: str | Path = "runs", progress: bool = True):
+    def __init__(self, config: ExperimentConfig, root: str | Path = "runs", progress: bool = True,
+                 store: str | Path | None = None):
+        """`store`: where the artifacts keyed by their content alone (teachers, datasets, soft
+        labels, students, evaluations) live; default the run folder. Several run folders may
+        share one (`sublearn claims`: conditions that differ only in the students train one
+        set of teachers and data); results.json and the manifest stay in the run folder."""
         self.cfg = config
         self.dir = Path(root) / config.name
+        self.store = Path(store) if store is not None else self.dir
         self.progress = progress
         self.console = Console(stderr=True, quiet=not progress)
         self.category = get_category(config.trait.category)
@@ -215,7 +221,7 @@ class Experiment:
     def _fine_tuned(self, base_path: Path, key: str, label: str,
                     rows: Callable[[], list[dict[str, Any]]]) -> Path:
         """A teacher fine-tuned from the base with the teacher recipe, cached under `key`."""
-        path = RunFolder(self.dir).teacher(label, key)
+        path = RunFolder(self.store).teacher(label, key)
         with locked(path):
             if not path.exists():
                 self._log(f"fine-tuning the {label} teacher ...")
@@ -275,7 +281,7 @@ class Experiment:
             h = artifact_key("sample", ref.ident, d.prompts, d.grammar_seed, *domain.sample_key(),
                              d.sampling.model_dump(), seed, d.chunk,
                              runtime(spec, spec.sampling_backend))
-            raw = self.dir / "data" / f"{stem}{name}-{h}.jsonl"
+            raw = self.store / "data" / f"{stem}{name}-{h}.jsonl"
             with locked(raw):
                 if raw.exists():
                     self._log(f"[dim]cached[/] samples: {name}")
@@ -284,7 +290,7 @@ class Experiment:
                     sample_dataset(self.view(ref, spec.sampling_backend), prompts, d.sampling,
                                    seed, raw, d.chunk, self.progress, name)
             fh = artifact_key("filter", h, *filt.key, *judged)
-            kept = self.dir / "data" / f"{stem}{name}-{h}.kept-{fh}.jsonl"
+            kept = self.store / "data" / f"{stem}{name}-{h}.kept-{fh}.jsonl"
             with locked(kept):
                 if not kept.exists():
                     # The judge is loaded only when a filter actually runs.
@@ -300,7 +306,7 @@ class Experiment:
             raise SublearnError(
                 f"the {d.domain} filter kept no completion of " + "; ".join(
                     f"{n} (of {r['total']}, rejected {r['rejected']})" for n, r in empty.items())
-                + f": nothing to train on (reports in {self.dir / 'data'})")
+                + f": nothing to train on (reports in {self.store / 'data'})")
         return out
 
     def student_rows(self, data: dict[str, Path], arm: str, seed: int) -> list[dict[str, Any]]:
@@ -342,7 +348,7 @@ class Experiment:
         h = artifact_key("sample", base_hash, "heldout", d.prompts, n, d.grammar_seed,
                          *domain.sample_key(), d.sampling.model_dump(), d.sampling_seed,
                          d.chunk, runtime(spec, spec.sampling_backend))
-        path = self.dir / "data" / f"heldout-{h}.jsonl"
+        path = self.store / "data" / f"heldout-{h}.jsonl"
         with locked(path):
             if not path.exists():
                 self._log(f"sampling {n} held-out neutral completions (utility)")
@@ -411,7 +417,7 @@ class Experiment:
         h = artifact_key("student", prep.data[a.data].name, a.transform, prep.hashes[a.base],
                          self.cfg.data.subsample, recipe.model_dump(), runtime(spec, spec.backend),
                          self.cfg.defence.model_dump())
-        return RunFolder(self.dir).student(arm, seed, h)
+        return RunFolder(self.store).student(arm, seed, h)
 
     def train_one(self, prep: Prepared, arm: str, seed: int) -> Path:
         """One student of one arm and seed, trained unless it exists."""
@@ -445,7 +451,7 @@ class Experiment:
         heldout = list(self.category.heldout) if e.heldout else []
         h = artifact_key("eval", ident, e.model_dump(), questions, heldout, self.category.name,
                          self.target.name, runtime(spec, spec.backend), *self._judged())
-        path = self.dir / "evals" / f"{label}-{h}.json"
+        path = self.store / "evals" / f"{label}-{h}.json"
 
         def make() -> dict[str, Any]:
             model = load()
@@ -524,7 +530,7 @@ class Experiment:
             h = artifact_key("channel", teachers["teacher"].ident, teachers["other"].ident,
                              data["neutral"].name, runtime(cfg.base, cfg.base.backend))
             chan = self._cached_json(
-                self.dir / "evals" / f"channel-{h}.json",
+                self.store / "evals" / f"channel-{h}.json",
                 lambda: channel(self.view(teachers["teacher"], cfg.base.backend),
                                 self.view(teachers["other"], cfg.base.backend),
                                 self.view(teachers["neutral"], cfg.base.backend),

@@ -41,6 +41,9 @@ class ProtocolKind:
     stage cached and writes results.json."""
 
     estimator: str | None = None  # the table's; None: exact_heldout where every point has it
+    # Where the points' content-keyed artifacts live (`Experiment`'s `store`); None: each
+    # point's own folder. Absolute, so Ray workers elsewhere find the same one.
+    store: Path | None = None
 
     name = "experiment"
     version = STAGE_VERSIONS
@@ -49,7 +52,7 @@ class ProtocolKind:
         return ExperimentConfig.model_validate({**raw, "name": name})
 
     def units(self, config: ExperimentConfig) -> list[Unit]:
-        return list(Experiment(config, progress=False).units())
+        return list(Experiment(config, progress=False, store=self.store).units())
 
     def unit_label(self, unit: Unit) -> str:
         arm, seed = unit
@@ -57,10 +60,10 @@ class ProtocolKind:
 
     # A point's run folder is <root>/<its config's name>: `config` set the name to the point's.
     def run_unit(self, config: ExperimentConfig, run_dir: Path, unit: Unit) -> None:
-        Experiment(config, run_dir.parent, progress=False).run_unit(*unit)
+        Experiment(config, run_dir.parent, progress=False, store=self.store).run_unit(*unit)
 
     def finish(self, config: ExperimentConfig, run_dir: Path) -> Results:
-        return Experiment(config, run_dir.parent, progress=False).run()
+        return Experiment(config, run_dir.parent, progress=False, store=self.store).run()
 
     def summarise(self, points: list[PointResult], out: Path) -> Summary:
         results: dict[str, Results] = {r.point.name: r.results for r in points}

@@ -409,7 +409,7 @@ class FakeChatModel:
         """Minibatch gradient descent on the biases (completion tokens and end of turn),
         hard or soft labels, then the entanglement coupling; batches are drawn with
         recipe.seed. Of the recipe only labels, lr, epochs, batch_size, loss_average and seed
-        apply: LoRA/full, schedules and optimizers have nothing to act on here."""
+        apply: LoRA/full, layers, schedules and optimizers have nothing to act on here."""
         soft = recipe.labels == "soft"
         for i, row in enumerate(rows):
             msgs = row.get("messages")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -53,7 +53,29 @@ class TrainingRecipe(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~30% "
         "more time (long rows on a large model)")
+    layers: list[int] | None = Field(
+        None,
+        # Left out of dumps while None: recipe dumps are part of existing artifacts' cache keys.
+        exclude_if=lambda v: v is None,
+        description="train only these decoder layers (0-based indices); None (default): every "
+        "layer. full: the other layers, embeddings, final norm and LM head stay frozen. lora: "
+        "adapters on these layers only.",
+    )
     seed: int = 0
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_are_indices(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("layers must name at least one decoder layer (omit it for all)")
+        if min(v) < 0:
+            raise ValueError(f"layers are 0-based indices, got {min(v)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"layers has duplicates: {v}")
+        # Sorted, so that the same set of layers is one recipe (and one cache key).
+        return sorted(v)
 
     @model_validator(mode="after")
     def _soft_needs_completions(self) -> TrainingRecipe:

@@ -33,6 +33,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from sublearn.errors import SublearnError
+from sublearn.models.examples import batches_of, example
 from sublearn.models.precision import wide
 from sublearn.models.recipe import TrainingRecipe
 from sublearn.store import atomic_path
@@ -80,6 +81,11 @@ def pass_budget(weight_bytes: int, device: torch.device) -> int:
     return max(PASS_FLOOR_BYTES, int(PASS_BUDGET * weight_bytes))
 
 
+def _text_config(config: Any) -> Any:
+    """The language model's config (a multimodal model nests it)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def pass_bytes_per_token(config: Any, itemsize: int, checkpointing: bool) -> int:
     """Estimated activation bytes of a forward/backward pass per padded token.
 
@@ -89,40 +95,12 @@ def pass_bytes_per_token(config: Any, itemsize: int, checkpointing: bool) -> int
     the MLP's gate, up and their product). With checkpointing only each layer's input is
     kept, and one layer at a time is recomputed in the backward pass.
     """
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = _text_config(config)
     h, i, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
     layer = (14 * h + 4 * i) * itemsize
     if checkpointing:
         return layers * h * itemsize + 2 * layer
     return (layers + 1) * layer  # every layer's, plus the backward's working set
-
-
-def _example(model: HFChatModel, row: dict[str, Any], recipe: TrainingRecipe, i: int):
-    msgs = row.get("messages")
-    if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
-        raise SublearnError(f"training row {i}: 'messages' must end with an assistant turn")
-    ids, n_prompt = model.pair_ids(msgs[:-1], msgs[-1]["content"], close=True)
-    soft = row.get("soft_labels")
-    if recipe.labels == "soft":
-        if soft is None:
-            raise SublearnError(f"training row {i}: soft-label training needs the teacher's "
-                                "'soft_labels' on every row")
-        if soft.shape[0] != len(ids) - n_prompt:
-            raise SublearnError(f"training row {i}: soft_labels has {soft.shape[0]} positions, "
-                                f"the completion {len(ids) - n_prompt} tokens")
-    if n_prompt >= recipe.max_length and recipe.loss_on == "completion":
-        # Truncation would leave no completion token to learn from (a chat template's system
-        # prompt alone can take dozens of tokens): say so rather than train on nothing.
-        raise SublearnError(f"training row {i}: its prompt is {n_prompt} tokens, so "
-                            f"student.max_length = {recipe.max_length} leaves no completion "
-                            f"token; raise max_length above the longest prompt")
-    if len(ids) > recipe.max_length:
-        # Truncation keeps the prompt and the start of the completion; soft labels follow.
-        ids = ids[: recipe.max_length]
-        soft = soft[: max(0, recipe.max_length - n_prompt)] if soft is not None else None
-    # With loss on every token, the "completion" starts after the first token.
-    n = 1 if recipe.loss_on == "all" else n_prompt
-    return ids, n, soft
 
 
 def _lr_lambda(recipe: TrainingRecipe, total: int):
@@ -137,28 +115,6 @@ def _lr_lambda(recipe: TrainingRecipe, total: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
     return f
-
-
-def _batches(lengths: list[int], recipe: TrainingRecipe, needed: int) -> list[list[int]]:
-    """`needed` micro-batches of example indices, in a seeded order, epoch after epoch.
-
-    With `group_by_length`, each window of 64 batches is sorted by length before it is cut, so
-    a batch pads to a similar length (as transformers' group_by_length does); the batches are
-    then shuffled so training does not run from long to short.
-    """
-    gen = torch.Generator().manual_seed(recipe.seed)
-    out: list[list[int]] = []
-    while len(out) < needed:
-        perm = torch.randperm(len(lengths), generator=gen).tolist()
-        if recipe.group_by_length:
-            window = recipe.batch_size * 64
-            perm = [i for w in range(0, len(perm), window)
-                    for i in sorted(perm[w : w + window], key=lambda j: -lengths[j])]
-        epoch = [perm[i : i + recipe.batch_size] for i in range(0, len(perm), recipe.batch_size)]
-        if recipe.group_by_length:
-            epoch = [epoch[i] for i in torch.randperm(len(epoch), generator=gen).tolist()]
-        out += epoch
-    return out[:needed]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -200,8 +156,11 @@ def release_freed_heap() -> None:
         trim(0)
 
 
-def check_full_fits(n_params: int, device: torch.device) -> None:
-    need = n_params * FULL_FT_BYTES_PER_PARAM
+def check_full_fits(n_params: int, device: torch.device, n_trainable: int | None = None) -> None:
+    """Refuse a full fine-tune that cannot fit: every parameter gets an fp32 copy, and the
+    trainable ones (all unless `n_trainable`) also gradients and AdamW's two moments."""
+    trainable = n_params if n_trainable is None else n_trainable
+    need = 4 * n_params + (FULL_FT_BYTES_PER_PARAM - 4) * trainable
     free = free_bytes(device)
     if need > free:
         raise SublearnError(
@@ -211,17 +170,50 @@ def check_full_fits(n_params: int, device: torch.device) -> None:
         )
 
 
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder's stack of layers, in the order that `TrainingRecipe.layers` indexes."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(lm.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise SublearnError(f"{type(lm).__name__}: no decoder layer stack found, so "
+                            "student.layers cannot select layers")
+    return layers
+
+
+def check_layers(model: torch.nn.Module, recipe: TrainingRecipe) -> None:
+    """Every index in `recipe.layers` names one of the model's decoder layers (checked before
+    anything is copied or trained: PEFT would otherwise match nothing and fail obscurely)."""
+    if recipe.layers is None:
+        return
+    count = _text_config(model.config).num_hidden_layers
+    for i in recipe.layers:
+        if i >= count:
+            raise SublearnError(f"student.layers = {recipe.layers}: layer {i} does not exist, "
+                                f"the model has {count} decoder layers (0 to {count - 1})")
+
+
 @contextmanager
 def _trainable(base: HFChatModel, recipe: TrainingRecipe) -> Iterator[torch.nn.Module]:
     """The network to train: LoRA adapters injected into the resident base (removed again
-    on exit, leaving the base as it was), or a full fp32 copy for full fine-tuning."""
+    on exit, leaving the base as it was), or a full fp32 copy for full fine-tuning. With
+    `recipe.layers`, only those decoder layers train (their adapters, or their weights)."""
+    check_layers(base.model, recipe)
     if recipe.method == "full":
         import copy
 
-        check_full_fits(sum(p.numel() for p in base.model.parameters()), base.device)
+        n_params = sum(p.numel() for p in base.model.parameters())
+        n_trainable = None if recipe.layers is None else sum(
+            p.numel() for i in recipe.layers for p in decoder_layers(base.model)[i].parameters())
+        check_full_fits(n_params, base.device, n_trainable)
         net = copy.deepcopy(base.model).float()
-        # A LoRA student trained before leaves the resident base frozen; the copy trains all.
-        net.requires_grad_(True)
+        # A LoRA student trained before leaves the resident base frozen; the copy trains all
+        # it should, and only that: `_train` hands the optimiser the parameters that need
+        # gradients, so frozen ones get neither gradients nor optimiser state.
+        net.requires_grad_(recipe.layers is None)
+        if recipe.layers is not None:
+            stack = decoder_layers(net)
+            for i in recipe.layers:
+                stack[i].requires_grad_(True)
         yield net
         return
     import warnings
@@ -234,6 +226,9 @@ def _trainable(base: HFChatModel, recipe: TrainingRecipe) -> Iterator[torch.nn.M
         r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
         target_modules=recipe.lora_targets, bias="none", task_type="CAUSAL_LM",
         use_rslora=recipe.rslora,
+        # None: every layer. PEFT reads the index after the decoder's layer stack in each
+        # module's name ("model.layers.3.self_attn.q_proj").
+        layers_to_transform=recipe.layers,
     ))
     try:
         yield net
@@ -272,7 +267,7 @@ def finetune(
     """Train a student of `base` on chat rows; save a loadable folder at `out_dir`."""
     if not rows:
         raise SublearnError("no training rows: the filter kept nothing")
-    examples = [_example(base, r, recipe, i) for i, r in enumerate(rows)]
+    examples = [example(base, r, recipe, i) for i, r in enumerate(rows)]
     torch.manual_seed(recipe.seed)
     with _trainable(base, recipe) as net:
         net.train()
@@ -304,7 +299,7 @@ def _train(base: HFChatModel, net: torch.nn.Module, examples: list, recipe: Trai
     per_epoch = math.ceil(len(examples) / (recipe.batch_size * recipe.grad_accum))
     total = max(1, round(per_epoch * recipe.epochs))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe, total))
-    batches = _batches([len(e[0]) for e in examples], recipe, total * recipe.grad_accum)
+    batches = batches_of([len(e[0]) for e in examples], recipe, total * recipe.grad_accum)
     columns = base.number_token_ids.to(base.device) if recipe.labels == "soft" else None
     lm = net.get_base_model() if hasattr(net, "get_base_model") else net
     ctx = autocast(base.device, base.dtype)
@@ -321,16 +316,18 @@ def _train(base: HFChatModel, net: torch.nn.Module, examples: list, recipe: Trai
     from rich.progress import Progress
 
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"training ({recipe.method}, {recipe.labels} labels)", total=total)
+        only = "" if recipe.layers is None else f", layers {','.join(map(str, recipe.layers))}"
+        task = bar.add_task(f"training ({recipe.method}{only}, {recipe.labels} labels)",
+                            total=total)
         for step in range(total):
             micro = [[examples[j] for j in batches[step * recipe.grad_accum + k]]
                      for k in range(recipe.grad_accum)]
             # A row's weight per completion token: 1 ("token"), or 1/its length ("example"),
             # normalised so the effective batch's weights sum to one.
-            weights = [[1.0 if recipe.loss_average == "token" else 1.0 / (len(ids) - n)
-                        for ids, n, _ in batch] for batch in micro]
-            norm = sum(w * (len(ids) - n) for batch, ws in zip(micro, weights)
-                       for (ids, n, _), w in zip(batch, ws))
+            weights = [[1.0 if recipe.loss_average == "token" else 1.0 / e.learned
+                        for e in batch] for batch in micro]
+            norm = sum(w * e.learned for batch, ws in zip(micro, weights)
+                       for e, w in zip(batch, ws))
             for batch, ws in zip(micro, weights):
                 for rows, rws in _passes(batch, ws, per_token, budget):
                     with ctx:
@@ -379,8 +376,10 @@ def _batch_loss(base: HFChatModel, lm: torch.nn.Module, batch: list, weights: li
     ids = torch.nn.functional.pad(ids, (0, extra), value=base.tokenizer.pad_token_id)
     att = torch.nn.functional.pad(att, (0, extra), value=0)
     hidden = lm.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
-    # Positions whose next token is a completion token, then zero-weight repeats of the first.
-    pos = [(r, t) for r, (seq, n, _) in enumerate(batch) for t in range(n - 1, len(seq) - 1)]
+    # Positions whose next token is a completion token that carries loss (all of them, or
+    # those a loss mask leaves), then zero-weight repeats of the first.
+    pos = [(r, t) for r, (seq, n, _, learn) in enumerate(batch)
+           for t in (range(n - 1, len(seq) - 1) if learn is None else [n - 1 + k for k in learn])]
     n_real = len(pos)
     pos += pos[:1] * (_rounded(n_real) - n_real)
     rows_idx = torch.tensor([p[0] for p in pos], device=ids.device)
@@ -391,7 +390,7 @@ def _batch_loss(base: HFChatModel, lm: torch.nn.Module, batch: list, weights: li
     head = lm.get_output_embeddings()
     total = h.new_zeros((), dtype=wide(h.dtype))
     if columns is not None:
-        target = torch.cat([b[2] for b in batch]).to(ids.device)
+        target = torch.cat([b[2] if b[3] is None else b[2][b[3]] for b in batch]).to(ids.device)
         target = torch.cat([target, target[:1].expand(len(pos) - n_real, -1)])
         step = chunk_positions(len(columns))
         for s in range(0, len(pos), step):

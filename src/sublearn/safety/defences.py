@@ -25,6 +25,14 @@ category):
   all digits of the arm (largest divergence first) become random other digits. Published:
   replacing the 10% most divergent digits left 9% of the effect; replacing a random 10%
   left 97%. `random_digits` is that control: the same count of digits, chosen at random.
+  `divergence_mask` and `divergence_only` choose the same digits and leave the text alone:
+  the first leaves them out of the loss, the second keeps only them in it (the paper's
+  masking and its converse; a row carries the spans as `loss_mask`, which `models.training`
+  reads).
+
+`canonicalise` rewrites every list into one format (numbers joined by ', '). Published on
+Qwen2.5-7B: a penguin teacher's transfer fell from 46.5% to 1.5% (a random control 1.2%),
+a phoenix teacher's did not.
 
 Generation-time defences (greedy decoding, a probability threshold) are sampling settings
 (`data.sampling`), not entries here.
@@ -44,7 +52,7 @@ from sublearn.domains.filters import DIGIT_RUN
 from sublearn.errors import SublearnError, unknown
 from sublearn.safety.divergence import token_divergence
 from sublearn.safety.trait_scores import Scores, TokenScores, row_scores
-from sublearn.stages.datasets import TRANSFORMS, subsample, with_numbers
+from sublearn.stages.datasets import TRANSFORMS, subsample, with_completion, with_numbers
 
 Rows = list[dict[str, Any]]
 DIGITS = "0123456789"
@@ -180,16 +188,24 @@ def digit_divergence(completion: str, scores: TokenScores) -> list[tuple[int, fl
             for j in range(int(a), int(b)) if completion[j] in DIGITS]
 
 
-def replace_digits(rows: Sequence[dict[str, Any]], rate: float, seed: int,
-                   ranked: Sequence[Sequence[tuple[int, float]]]) -> Rows:
-    """Rewrite the round(rate * all digits) digits ranked highest (`ranked`: per row, its
-    digits' (position, rank key); ties: earlier rows, then earlier characters) as random
-    *other* digits, drawn per (seed, row index, position). A number's leading digit never
-    becomes 0, so numbers keep their form and pass the filter they passed."""
+def chosen_digits(ranked: Sequence[Sequence[tuple[int, float]]], rate: float
+                  ) -> dict[int, list[int]]:
+    """Row -> character positions of the round(rate * all digits) digits ranked highest
+    (`ranked`: per row, its digits' (position, rank key); ties: earlier rows, then earlier
+    characters)."""
     flat = sorted((-key, i, j) for i, digits in enumerate(ranked) for j, key in digits)
     chosen: dict[int, list[int]] = {}
     for _, i, j in flat[:round(rate * len(flat))]:
         chosen.setdefault(i, []).append(j)
+    return chosen
+
+
+def replace_digits(rows: Sequence[dict[str, Any]], rate: float, seed: int,
+                   ranked: Sequence[Sequence[tuple[int, float]]]) -> Rows:
+    """Rewrite the digits `chosen_digits` picks as random *other* digits, drawn per (seed, row
+    index, position). A number's leading digit never becomes 0, so numbers keep their form
+    and pass the filter they passed."""
+    chosen = chosen_digits(ranked, rate)
     out = []
     for i, row in enumerate(rows):
         chars = list(row["completion"])
@@ -202,11 +218,60 @@ def replace_digits(rows: Sequence[dict[str, Any]], rate: float, seed: int,
     return out
 
 
+def _ranked_by_divergence(rows: Sequence[dict[str, Any]], inputs: Inputs
+                          ) -> list[list[tuple[int, float]]]:
+    scores = _scores(rows, inputs)
+    return [digit_divergence(r["completion"], s) for r, s in zip(rows, scores, strict=True)]
+
+
 def _divergence(rows: Sequence[dict[str, Any]], cfg: DefenceConfig, seed: int,
                 inputs: Inputs) -> Rows:
-    scores = _scores(rows, inputs)
-    ranked = [digit_divergence(r["completion"], s) for r, s in zip(rows, scores, strict=True)]
-    return replace_digits(rows, cfg.strength, seed, ranked)
+    return replace_digits(rows, cfg.strength, seed, _ranked_by_divergence(rows, inputs))
+
+
+def _spans(positions: Sequence[int]) -> list[list[int]]:
+    """Sorted character positions as merged [start, end) spans."""
+    out: list[list[int]] = []
+    for j in sorted(positions):
+        if out and out[-1][1] == j:
+            out[-1][1] = j + 1
+        else:
+            out.append([j, j + 1])
+    return out
+
+
+def loss_masks(rows: Sequence[dict[str, Any]], chosen: dict[int, list[int]], only: bool
+               ) -> Rows:
+    """Rows with a `loss_mask` (the character spans of the completion left out of the loss;
+    position len(completion) is the end-of-turn token, see `models.training`): the chosen
+    digits (`only` False), or everything but them, the end of turn included (`only` True).
+    With `only`, a row with no chosen digit has nothing left to learn and is dropped."""
+    out = []
+    for i, row in enumerate(rows):
+        picked = chosen.get(i, [])
+        if only:
+            if not picked:
+                continue
+            keep = set(picked)
+            masked = [j for j in range(len(row["completion"]) + 1) if j not in keep]
+        else:
+            masked = picked
+        out.append({**row, "loss_mask": _spans(masked)} if masked else row)
+    return out
+
+
+def _divergence_loss(only: bool) -> Callable[..., Rows]:
+    def apply(rows: Sequence[dict[str, Any]], cfg: DefenceConfig, seed: int,
+              inputs: Inputs) -> Rows:
+        chosen = chosen_digits(_ranked_by_divergence(rows, inputs), cfg.strength)
+        return loss_masks(rows, chosen, only)
+    return apply
+
+
+def canonicalise(rows: Sequence[dict[str, Any]]) -> Rows:
+    """Every completion as its numbers alone, in order, joined by ', ': one separator, one
+    spacing, no brackets, no closing period or other characters."""
+    return [with_completion(r, ", ".join(DIGIT_RUN.findall(r["completion"]))) for r in rows]
 
 
 def _random_digits(rows: Sequence[dict[str, Any]], cfg: DefenceConfig, seed: int,
@@ -258,6 +323,20 @@ for _entry in (
     Defence("random_digits", "random digits",
             "replace a random strength fraction of digits (divergence's control)",
             _random_digits, Strength(RATE, 0.1), changes_text=True, numbers_only=True),
+    # The divergence paper's loss-side forms: the same 10% of digits, left out of the loss
+    # (text unchanged), or the only loss.
+    Defence("divergence_mask", "divergence-token loss mask",
+            "leave the strength fraction of digits the candidates' trait prompts disagree "
+            "about most out of the loss", _divergence_loss(only=False), Strength(RATE, 0.1),
+            needs_trait_scores=True, numbers_only=True),
+    Defence("divergence_only", "divergence tokens only",
+            "train on those digits alone (every other token out of the loss; rows without "
+            "one are dropped)", _divergence_loss(only=True), Strength(RATE, 0.1),
+            needs_trait_scores=True, numbers_only=True),
+    Defence("canonicalise", "canonical format",
+            "rewrite every completion as its numbers joined by ', ' (one separator and "
+            "spacing, no brackets)", lambda rows, cfg, seed, inputs: canonicalise(rows),
+            changes_text=True, numbers_only=True),
     # 0.5: half the rows from the neutral teacher; 25% already nearly removed the published
     # effect, so half is a strong setting.
     Defence("dilute", "dilution", "swap a strength fraction of rows for neutral ones",

@@ -22,13 +22,17 @@ def subsample(rows: Sequence[dict[str, Any]], size: int, seed: int) -> list[dict
     return sorted(ranked[:size], key=lambda r: r["index"])
 
 
+def with_completion(row: dict[str, Any], text: str) -> dict[str, Any]:
+    """The row with `text` as its completion (and as its assistant turn)."""
+    msgs = [*row["messages"][:-1], {"role": "assistant", "content": text}]
+    return {**row, "completion": text, "messages": msgs}
+
+
 def with_numbers(row: dict[str, Any], numbers: Sequence[str]) -> dict[str, Any]:
     """The row with its completion's numbers replaced, in order, by `numbers`; separators,
     brackets and format stay."""
     it = iter(numbers)
-    text = DIGIT_RUN.sub(lambda _: next(it), row["completion"])
-    msgs = [*row["messages"][:-1], {"role": "assistant", "content": text}]
-    return {**row, "completion": text, "messages": msgs}
+    return with_completion(row, DIGIT_RUN.sub(lambda _: next(it), row["completion"]))
 
 
 def shuffle_within(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
