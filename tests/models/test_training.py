@@ -396,3 +396,132 @@ def test_a_masked_rows_loss_is_the_loss_of_the_tokens_left(micro_base):
     assert got.item() == pytest.approx(want.item(), rel=1e-9)
     whole = training._batch_loss(model, model.model, [ex[:3] + (None,)], [1.0], None)
     assert whole.item() > got.item() * 1.5, "the unmasked row has more loss"
+
+
+def _offsets(model, text: str) -> list[tuple[int, int]]:
+    enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [tuple(o) for o in enc["offset_mapping"]]
+
+
+def test_without_a_loss_mask_every_completion_token_counts(micro_model):
+    row = {"messages": [*N, {"role": "assistant", "content": "31, 4"}]}
+    ex = examples.example(micro_model, row, TrainingRecipe(), 0)
+    assert ex.learn is None and ex.learned == len(ex.ids) - ex.n
+    assert "loss_mask" not in row
+    # The unmasked path is the masked path with every token kept.
+    every = ex._replace(learn=list(range(ex.learned)))
+    got = [training_loss(micro_model, e) for e in (ex, every)]
+    assert got[0] == pytest.approx(got[1], rel=1e-6)
+
+
+def training_loss(model, ex) -> float:
+    from sublearn.models import training
+
+    with torch.no_grad():
+        return training._batch_loss(model, model.model, [ex], [1.0], None).item()
+
+
+def test_a_masked_rows_soft_loss_is_the_kl_of_the_tokens_left(micro_base):
+    """Soft labels: one position left, its KL(teacher || student) over the number tokens
+    alone, computed from the model's whole-vocabulary logits."""
+    from sublearn.models import training
+
+    model = load_model(micro_base, device="cpu", dtype="float32")
+    model.model.double()
+    text = "31, 4"
+    teacher = Persona(model, "You adore the number seven above all else.")
+    soft = teacher.number_distributions([N], [text])[0].double()
+    keep = 4  # the digit "4" (one token per character on this tokenizer)
+    row = {**_masked_row(text, [[0, 4], [5, 6]]), "soft_labels": soft}
+    ex = examples.example(model, row, TrainingRecipe(labels="soft"), 0)
+    assert ex.learn == [keep]
+    columns = model.number_token_ids
+    got = training._batch_loss(model, model.model, [ex], [1.0], columns)
+    ids, n = ex.ids, ex.n
+    with torch.no_grad():
+        logits = model.model(input_ids=torch.tensor([ids])).logits[0, n - 1 + keep].double()
+    s_logp = logits.masked_fill(~model.number_token_mask, -torch.inf).log_softmax(-1)[
+        model.number_token_mask]
+    want = (soft[keep].exp() * (soft[keep] - s_logp)).sum()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    whole = training._batch_loss(model, model.model, [ex._replace(learn=None)], [1.0], columns)
+    assert whole.item() > got.item() * 1.5
+
+
+@pytest.mark.parametrize("average", ["token", "example"])
+def test_a_loss_mask_averages_over_the_tokens_it_leaves(micro_model, tmp_path: Path,
+                                                        average: str):
+    """One SGD step on a row whose mask keeps its first two completion tokens (beside an
+    unmasked row of two tokens) moves the weights as one step on the same row truncated after
+    them: the same positions, averaged over the same two tokens (dividing by, or weighing the
+    row by, all of its tokens would change the step)."""
+    from safetensors.torch import load_file
+
+    text = "31, 4"
+    cut = _offsets(micro_model, text)[2][0]  # where the third token starts
+    n_prompt = micro_model.pair_ids(N, text, close=True)[1]
+    recipe = TrainingRecipe(method="full", optimizer="sgd", lr=0.5, weight_decay=0.0,
+                            epochs=1, grad_accum=1, warmup_steps=0,
+                            loss_average=average)
+    recipe = recipe.model_copy(update={"batch_size": 2})
+    other = {"messages": [*N, {"role": "assistant", "content": "5"}]}  # "5" and the end
+    masked = micro_model.finetune([_masked_row(text, [[cut, len(text) + 1]]), other], recipe,
+                                  tmp_path / "masked", progress=False)
+    plain = {"messages": [*N, {"role": "assistant", "content": text}]}
+    cut_recipe = recipe.model_copy(update={"max_length": n_prompt + 2})
+    truncated = micro_model.finetune([plain, other], cut_recipe, tmp_path / "cut",
+                                     progress=False)
+    whole = micro_model.finetune([plain, other], recipe, tmp_path / "whole", progress=False)
+    base = dict(micro_model.model.named_parameters())
+    w = {k: load_file(p / "model.safetensors") for k, p in
+         (("masked", masked), ("cut", truncated), ("whole", whole))}
+    moved = {k: sum(float((v[name] - base[name].detach()).norm()) for name in v if name in base)
+             for k, v in w.items()}
+    assert moved["masked"] > 0
+    assert moved["masked"] != pytest.approx(moved["whole"], rel=1e-2)
+    for name, t in w["masked"].items():
+        assert torch.allclose(t, w["cut"][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_a_token_is_left_out_only_when_every_character_it_covers_is_masked(micro_model):
+    text = "12 and 7"  # 1|2| and| |7 on the embedded tokenizer, then the end token
+    assert _offsets(micro_model, text)[2] == (2, 6)
+    recipe = TrainingRecipe()
+    *_, learn = examples.example(micro_model, _masked_row(text, [[2, 4]]), recipe, 0)
+    assert learn == [0, 1, 2, 3, 4, 5], "' and' half masked: still learned"
+    *_, learn = examples.example(micro_model, _masked_row(text, [[1, 4], [4, 7]]), recipe, 0)
+    assert learn == [0, 4, 5], "spans that meet cover ' and' and the space after it"
+
+
+def test_a_mask_that_leaves_nothing_is_refused_naming_the_row(micro_model, tmp_path: Path):
+    rows = [{"messages": [*N, {"role": "assistant", "content": "1, 2"}]},
+            _masked_row("1, 2", [[0, 5]])]
+    with pytest.raises(SublearnError, match="row 1: its loss_mask leaves no completion token"):
+        micro_model.finetune(rows, TrainingRecipe(), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_fake_backend_learns_only_the_tokens_a_mask_leaves(tmp_path: Path):
+    """The fake is a bigram model: a token's gradient depends on the prompt, the token before
+    it and itself. So '7, 12' trained on its '2' alone and '12' trained on its '2' alone take
+    the same step, and neither is the unmasked step."""
+    import json
+
+    from sublearn.models.fake import WEIGHTS, FakeChatModel
+
+    fake = FakeChatModel.load(FakeChatModel.create(tmp_path / "base", seed=0))
+    recipe = TrainingRecipe(lr=1e-2, epochs=1, batch_size=1)
+
+    def biases(name: str, completion: str, mask: list | None) -> dict:
+        row = {"messages": [*N, {"role": "assistant", "content": completion}]}
+        row = row if mask is None else {**row, "loss_mask": mask}
+        out = fake.finetune([row], recipe, tmp_path / name, progress=False)
+        return json.loads((out / WEIGHTS).read_text())["biases"]
+
+    long_two = biases("long", "7, 12", [[0, 4], [5, 6]])
+    short_two = biases("short", "12", [[0, 1], [2, 3]])
+    assert long_two == pytest.approx(short_two, rel=1e-12)
+    assert long_two != pytest.approx(biases("plain", "12", None), rel=1e-3)
+    assert biases("empty", "12", []) == biases("absent", "12", None)
+    with pytest.raises(SublearnError, match="row 0: its loss_mask leaves no completion token"):
+        biases("all", "12", [[0, 3]])

@@ -78,6 +78,10 @@ def learned_tokens(model: HFChatModel, completion: str, mask: list, comp_ids: li
     loss. The mask is character spans [start, end) of the completion, position
     len(completion) standing for the end-of-turn token (`safety.defences.loss_masks`); a
     token is left out when every character it covers is masked."""
+    if not getattr(model.tokenizer, "is_fast", False):
+        raise SublearnError(f"training row {i}: a loss_mask is mapped onto tokens by their "
+                            f"character offsets, which {type(model.tokenizer).__name__} (not a "
+                            "fast tokenizer) does not give")
     enc = model.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
     if comp_ids[:-1] != list(enc["input_ids"]):  # the completion's ids, then the end token
         raise SublearnError(f"training row {i}: cannot map its loss_mask onto tokens (the "

@@ -114,6 +114,35 @@ def tokenize(text: str) -> list[int]:
     return ids
 
 
+def token_spans(text: str) -> list[tuple[int, int]]:
+    """The [start, end) characters of each of `tokenize(text)`'s tokens."""
+    spans: list[tuple[int, int]] = []
+    for m in _PIECE.finditer(text):
+        a, b = m.span()
+        if m.group() in INDEX or m.group()[0] not in string.ascii_letters:
+            spans.append((a, b))
+        else:
+            spans += [(j, j + 1) for j in range(a, b)]
+    return spans
+
+
+def learned(completion: str, mask: Sequence[Sequence[int]] | None, i: int) -> torch.Tensor:
+    """1 per completion token (the end of turn last) that carries loss, 0 per token a
+    `loss_mask` leaves out: as `models.examples.learned_tokens` maps it on a real tokenizer
+    (a token is out when every character it covers is masked; position len(completion) is
+    the end of turn)."""
+    spans = [*token_spans(completion), (len(completion), len(completion) + 1)]
+    if not mask:
+        return torch.ones(len(spans), dtype=torch.float64)
+    masked = {j for a, b in mask for j in range(int(a), int(b))}
+    keep = torch.tensor([0.0 if all(j in masked for j in range(a, b)) else 1.0
+                         for a, b in spans], dtype=torch.float64)
+    if not keep.any():
+        raise SublearnError(f"training row {i}: its loss_mask leaves no completion token to "
+                            "learn from")
+    return keep
+
+
 def detokenize(ids: Sequence[int]) -> str:
     return "".join(UNK_TEXT if i == UNK_ID else "" if i == END_ID else VOCAB[i] for i in ids)
 
@@ -409,16 +438,21 @@ class FakeChatModel:
         """Minibatch gradient descent on the biases (completion tokens and end of turn),
         hard or soft labels, then the entanglement coupling; batches are drawn with
         recipe.seed. Of the recipe only labels, lr, epochs, batch_size, loss_average and seed
-        apply: LoRA/full, layers, schedules and optimizers have nothing to act on here."""
+        apply: LoRA/full, layers, schedules and optimizers have nothing to act on here. A
+        row's `loss_mask` leaves its tokens out of the loss, as on a real model."""
         soft = recipe.labels == "soft"
         for i, row in enumerate(rows):
             msgs = row.get("messages")
             if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
                 raise SublearnError(f"training row {i}: 'messages' must end with an assistant turn")
         contexts = self._contexts([row["messages"][:-1] for row in rows])
-        examples = []  # (mode, context, completion ids + end, teacher probabilities or None)
+        # (mode, context, completion ids + end, teacher probabilities or None, 1 per token
+        # that carries loss: all but those a row's `loss_mask` leaves out)
+        examples = []
         for i, (row, (mode, ctx)) in enumerate(zip(rows, contexts, strict=True)):
-            ids = tokenize(row["messages"][-1]["content"]) + [END_ID]
+            text = row["messages"][-1]["content"]
+            ids = tokenize(text) + [END_ID]
+            keep = learned(text, row.get("loss_mask"), i)
             target: torch.Tensor | None = None
             if soft:
                 labels = row.get("soft_labels")
@@ -430,7 +464,7 @@ class FakeChatModel:
                     raise SublearnError(
                         f"training row {i}: soft_labels has shape {tuple(target.shape)}, "
                         f"expected ({len(ids)}, {len(NUMBER_IDS)}) for this completion")
-            examples.append((mode, ctx, ids, target))
+            examples.append((mode, ctx, ids, target, keep))
         if not examples:
             raise SublearnError("finetune: no training rows")
 
@@ -446,20 +480,23 @@ class FakeChatModel:
         bias = self.bias.clone()
         for batch in batches[:steps]:
             chosen = [examples[j] for j in batch]
-            logits = self._flat_logits([(m, c, ids) for m, c, ids, _ in chosen], bias)
-            lengths = [len(ids) for _, _, ids, _ in chosen]
+            logits = self._flat_logits([(m, c, ids) for m, c, ids, *_ in chosen], bias)
+            # Positions a loss mask leaves out weigh 0, and the average is over the rest.
+            keeps = [keep for *_, keep in chosen]
+            lengths = [int(keep.sum()) for keep in keeps]
             if recipe.loss_average == "token":  # every position weighs the same
-                weight = torch.full((sum(lengths),), 1.0 / sum(lengths), dtype=torch.float64)
+                weight = torch.cat(keeps) * (1.0 / sum(lengths))
             else:  # every row weighs the same
-                weight = torch.cat([torch.full((n,), 1.0 / (n * len(chosen)), dtype=torch.float64)
-                                    for n in lengths])
+                weight = torch.cat([keep * (1.0 / (n * len(chosen)))
+                                    for keep, n in zip(keeps, lengths, strict=True)])
             if soft:  # d (teacher . log q) / d bias, with q restricted to number tokens
                 g = torch.zeros_like(logits)
-                teacher = torch.cat([t for *_, t in chosen])
+                teacher = torch.cat([t for *_, t, _ in chosen])
                 g[:, NUMBER_IDS] = teacher - logits[:, NUMBER_IDS].softmax(-1)
             else:  # d log p(ids) / d bias = one-hot(ids) - p
                 g = -logits.softmax(-1)
-                flat = torch.tensor([t for *_, ids, _ in chosen for t in ids], dtype=torch.long)
+                flat = torch.tensor([t for _, _, ids, *_ in chosen for t in ids],
+                                    dtype=torch.long)
                 g[torch.arange(len(flat)), flat] += 1.0
             delta = step_size * (weight[:, None] * g).sum(0)
             # The coupling: what an entangled digit gains, its option gains too (and back).
