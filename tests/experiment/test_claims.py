@@ -117,13 +117,29 @@ def _measured(name: str, expect: str, values: list[float], met: bool) -> Measure
 def test_verdicts_follow_the_conditions_and_refuse_a_reference_without_transfer(tmp_path):
     spec = claims.load_claim(_claim(tmp_path, "c", CLAIM))
     ref_ok = _measured("ref", "transfer", [0.02, 0.03, 0.025], True)
-    assert claims.verdict(spec, [ref_ok, _measured("slow", "below", [0.0] * 3, True)])[0] \
-        == "holds"
+    below = _measured("slow", "below", [0.0] * 3, True)
+    assert claims.verdict(spec, [ref_ok, below])[0] == "holds"
+    # Judged on the conditions after the reference: the reference is a precondition.
     assert claims.verdict(spec, [ref_ok, _measured("slow", "below", [0.03] * 3, False)]) \
-        == ("partly holds", "not as predicted: slow")
+        == ("does not hold", "not as predicted: slow")
+    also = _measured("other", "none", [0.01] * 3, False)
+    assert claims.verdict(spec, [ref_ok, below, also]) \
+        == ("partly holds", "not as predicted: other")
     no_ref = _measured("ref", "transfer", [-0.01, 0.01, 0.0], False)
-    verdict, why = claims.verdict(spec, [no_ref, _measured("slow", "below", [0.0] * 3, False)])
+    verdict, why = claims.verdict(spec, [no_ref, below])
     assert verdict == "not testable here" and "shows no transfer" in why
+
+
+def test_a_claim_of_predictions_is_judged_on_every_condition(tmp_path):
+    body = CLAIM.replace("[claim]", "[claim]\nrequires_transfer = false")
+    spec = claims.load_claim(_claim(tmp_path, "c", body))
+    no_ref = _measured("ref", "transfer", [-0.01, 0.01, 0.0], False)
+    below = _measured("slow", "below", [0.0] * 3, True)
+    assert claims.verdict(spec, [no_ref, below]) == ("partly holds", "not as predicted: ref")
+    with pytest.raises(SublearnError, match="the first condition is the reference"):
+        claims.load_claim(_claim(tmp_path, "d", CLAIM.replace(
+            '[[claim.conditions]]\nname = "ref"', '[[claim.conditions]]\nname = "ref"\n'
+            'expect = "none"')))
 
 
 def _students(root: Path) -> dict[Path, int]:

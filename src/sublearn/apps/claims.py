@@ -152,6 +152,12 @@ def document(rows: Sequence[Row], root: Path) -> str:
         "student seeds; \"vs\" is the paired difference to another condition, \"% of\" the "
         "share of the reference's mean. Cost is the conditions' task time (students trained "
         "and evaluated, and the shared teachers and data where a task built them). "
+        "Verdicts: the first condition is the reference; a claim about removing or changing "
+        "a transfer is judged on its other conditions, and only when the reference shows "
+        "transfer (else \"not testable here\"); a claim of predictions (the LoRA ranks) is "
+        "judged on all of them. It holds when every judged condition is as predicted, does "
+        "not hold when none is. \"No transfer\" is an interval that holds zero: at 5 seeds "
+        "a weak statement, so the share of the reference's effect stands beside it. "
         "Rerunning the command finds every run cached and only rewrites this file.")
     return "\n".join([
         "# The literature's claims, measured", "", intro, "",

@@ -11,9 +11,12 @@ judged by, and its conditions. A condition is the file's experiment with some fi
 - `below` / `above`: the paired difference to another condition (`than`, default the
   first) lies below / above zero, seed by seed (conditions share seeds, data and data order).
 
-The first condition is the reference (the claim's "without the intervention"). When the
-reference itself shows no transfer, a claim about removing or changing transfer cannot be
-judged: its verdict says so instead of reading noise as agreement.
+The first condition is the reference (the claim's "without the intervention"). A claim about
+removing or changing a transfer (`requires_transfer`, the default) is judged on its other
+conditions, and only when the reference shows transfer: without it, "no transfer after the
+defence" would read noise as agreement, so the verdict says the claim cannot be judged. A
+claim that predicts every condition's outcome itself (a pattern over LoRA ranks, say) sets
+`requires_transfer = false` and is judged on all of its conditions.
 
 Every condition of every claim is a point of one sweep (`experiment.sweep`), so students are
 resumable tasks, on Ray when it is installed, and all points share one artifact store: the
@@ -77,6 +80,10 @@ class Claim(_Table):
     estimator: str = "exact_heldout"
     untestable: str | None = Field(None, description="why it cannot be measured here; then "
                                    "no conditions")
+    requires_transfer: bool = Field(True, description="the claim changes a transfer the "
+                                    "first condition shows: judged only when it does, and on "
+                                    "the other conditions; false: every condition is a "
+                                    "prediction of its own")
     notes: str = Field("", description="what differs from the published setting, and why")
     conditions: list[Condition] = Field(default_factory=list)
 
@@ -88,6 +95,10 @@ class Claim(_Table):
             return self
         if not self.conditions:
             raise ValueError("conditions: at least one (the first is the reference)")
+        if self.requires_transfer and (self.conditions[0].expect != "transfer"
+                                       or len(self.conditions) < 2):
+            raise ValueError("conditions: with requires_transfer, the first condition is the "
+                             "reference (expect = 'transfer') and at least one other follows")
         names = [c.name for c in self.conditions]
         if len(set(names)) != len(names):
             raise ValueError(f"conditions: names must be distinct, got {names}")
@@ -289,18 +300,19 @@ Verdict = Literal["holds", "partly holds", "does not hold", "not testable here"]
 
 
 def verdict(spec: ClaimSpec, measured: Sequence[Measured]) -> tuple[Verdict, str]:
-    """The claim's verdict and a sentence saying why."""
+    """The claim's verdict and a sentence saying why (the module doc gives the rule)."""
     if spec.claim.untestable:
         return "not testable here", spec.claim.untestable
-    ref = measured[0]
-    relative = [m for m in measured[1:] if m.condition.expect != "transfer"]
-    if ref.condition.expect == "transfer" and not ref.met and relative:
-        return "not testable here", (f"the reference condition ({ref.condition.name}) shows no "
-                                     "transfer at this scale, so there is nothing to remove "
-                                     "or change")
-    failed = [m.condition.name for m in measured if not m.met]
+    judged = list(measured)
+    if spec.claim.requires_transfer:
+        ref, judged = judged[0], judged[1:]
+        if not ref.met:
+            return "not testable here", (f"the reference condition ({ref.condition.name}) "
+                                         "shows no transfer at this scale, so there is nothing "
+                                         "to remove or change")
+    failed = [m.condition.name for m in judged if not m.met]
     if not failed:
         return "holds", "every condition as the claim predicts"
-    if len(failed) == len(measured):
-        return "does not hold", "no condition as the claim predicts"
+    if len(failed) == len(judged):
+        return "does not hold", f"not as predicted: {', '.join(failed)}"
     return "partly holds", f"not as predicted: {', '.join(failed)}"
