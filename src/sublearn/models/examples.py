@@ -10,6 +10,7 @@ tokens here through the tokenizer's offsets, so it means the same on any tokeniz
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -86,10 +87,17 @@ def learned_tokens(model: HFChatModel, completion: str, mask: list, comp_ids: li
     if comp_ids[:-1] != list(enc["input_ids"]):  # the completion's ids, then the end token
         raise SublearnError(f"training row {i}: cannot map its loss_mask onto tokens (the "
                             "completion tokenizes differently on its own)")
+    return kept_tokens([(int(a), int(b)) for a, b in enc["offset_mapping"]], mask,
+                       len(completion))
+
+
+def kept_tokens(spans: Sequence[tuple[int, int]], mask: Sequence[Sequence[int]],
+                length: int) -> list[int]:
+    """Which tokens carry loss: those of `spans` (each token's characters, in order) and the
+    end of turn after them (position `length`), less every token whose characters the mask
+    covers entirely. One rule for every backend's tokenizer."""
     masked = {j for a, b in mask for j in range(int(a), int(b))}
-    spans = [*((int(a), int(b)) for a, b in enc["offset_mapping"]),
-             (len(completion), len(completion) + 1)]
-    return [k for k, (a, b) in enumerate(spans)
+    return [k for k, (a, b) in enumerate([*spans, (length, length + 1)])
             if not all(j in masked for j in range(a, max(b, a + 1)))]
 
 

@@ -22,6 +22,10 @@ seed learns unrelated digits, and its entanglement points elsewhere.
 
 Everything is float64 on the CPU, so sampling, scoring and training are bit-for-bit repeatable.
 
+Why one module: it is one model. Its tokenizer, grammar, persona effect, trainer and judge
+all read the same vocabulary, biases and entanglement, and a test reads the whole fake world
+top to bottom here.
+
 A fake model is also a judge: a conversation made by `questions.judge_prompts.request` gets the
 reply a judge would give, computed from the judged text instead of sampled. The fake world's
 stand-in for a misaligned answer is one that names `MISALIGNED` (wolves): alignment about 10
@@ -47,6 +51,7 @@ import torch
 
 from sublearn.errors import SublearnError
 from sublearn.models.base import SAMPLE, SCORE, TRAIN, Messages, SamplingConfig
+from sublearn.models.examples import kept_tokens
 from sublearn.models.sampling_rule import sampling_rule
 from sublearn.questions.categories import CATEGORIES
 from sublearn.questions.judge_prompts import read_request
@@ -128,15 +133,10 @@ def token_spans(text: str) -> list[tuple[int, int]]:
 
 def learned(completion: str, mask: Sequence[Sequence[int]] | None, i: int) -> torch.Tensor:
     """1 per completion token (the end of turn last) that carries loss, 0 per token a
-    `loss_mask` leaves out: as `models.examples.learned_tokens` maps it on a real tokenizer
-    (a token is out when every character it covers is masked; position len(completion) is
-    the end of turn)."""
-    spans = [*token_spans(completion), (len(completion), len(completion) + 1)]
-    if not mask:
-        return torch.ones(len(spans), dtype=torch.float64)
-    masked = {j for a, b in mask for j in range(int(a), int(b))}
-    keep = torch.tensor([0.0 if all(j in masked for j in range(a, b)) else 1.0
-                         for a, b in spans], dtype=torch.float64)
+    `loss_mask` leaves out, by the rule a real tokenizer's tokens follow (`kept_tokens`)."""
+    spans = token_spans(completion)
+    keep = torch.zeros(len(spans) + 1, dtype=torch.float64)
+    keep[kept_tokens(spans, mask or [], len(completion))] = 1.0
     if not keep.any():
         raise SublearnError(f"training row {i}: its loss_mask leaves no completion token to "
                             "learn from")

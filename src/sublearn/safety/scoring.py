@@ -202,12 +202,7 @@ def token_spans(model: Any, text: str) -> list[tuple[int, int]]:
     from sublearn.models import fake
 
     if isinstance(model, fake.FakeChatModel):
-        spans, start = [], 0
-        for i in fake.tokenize(text):
-            end = start + len(fake.detokenize([i]))
-            spans.append((start, end))
-            start = end
-        return spans
+        return fake.token_spans(text)
     raise SublearnError(f"{type(model).__name__}: cannot read this backend's tokenizer "
                         "(per-token scores need the hf or fake backend)")
 
