@@ -30,9 +30,10 @@ REAL_MODEL = (
     "**The real model (SmolLM2-135M-Instruct) has no rows yet: its cells do not fit a CPU "
     "session.** Measured on one core (docs/real-model.md, the fine-tuned-teacher run): "
     "a teacher 6.6-7.1 min, a full-parameter student 3.9-4.7 min, an evaluation 0.9-1.6 min. "
-    "One condition here is 3 arms x 5 seeds = 15 students, so about 80-95 min of one core "
-    "per condition beyond the shared teachers and data (about 35 min), and 2.5-8 hours per "
-    "claim (2 to 5 conditions). A copy of the claims folder whose `_organism.toml` sets "
+    "One condition here is 3 arms x 5 seeds = 15 students with their evaluations, so about "
+    "70-95 min of one core per condition, beyond the shared teachers, samples and soft "
+    "labels (about 55 min at 1,000 prompts: 3 teachers, 3 x 1,000 completions at 1.8-2.3 min "
+    "per 200), and 2.5-8 hours per claim (2 to 5 conditions). A copy of the claims folder whose `_organism.toml` sets "
     "`base.path` and `evaluation.answer = \"stem\"` (as `configs/smollm2-135m-finetuned.toml` "
     "does) runs every claim there: `sublearn claims --folder COPY --root runs/claims-smollm`.")
 
