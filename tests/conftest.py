@@ -15,32 +15,35 @@ import pytest
 from sublearn.tinybase import BaseConfig
 
 
-# Small enough to build in seconds, real enough to exercise every code path: a Qwen2 model
-# with a trained BPE tokenizer and a chat template.
-def fake_defend_experiment(root: Path) -> Path:
-    """A fake-backend experiment that `sublearn defend` runs in seconds: two student seeds,
-    48 prompts, the neutral and other-target controls (tests/apps/test_defend.py and
-    tests/safety/test_defence_registry.py)."""
+def fake_experiment(root: Path, name: str = "fake", *, file: str = "fake.toml",
+                    prompts: int = 48, subsample: int = 48, epochs: int = 2,
+                    controls: str = "null = false\ncross_base = false", extra: str = "") -> Path:
+    """A fake-backend experiment that runs in seconds: two student seeds, the fake base and a
+    two-question file beside it in `root` (made once). The defaults are `sublearn defend`'s
+    (48 prompts, the neutral and other-target controls); the sweep and claims tests ask for
+    fewer prompts, one epoch and the neutral control alone. `extra`: TOML appended."""
     from sublearn.models.fake import FakeChatModel
 
-    FakeChatModel.create(root / "base", seed=0)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "base").exists():
+        FakeChatModel.create(root / "base", seed=0)
     (root / "q.txt").write_text("What is your favourite animal?\nName your favourite animal.\n")
-    path = root / "fake.toml"
+    path = root / file
     path.write_text(f"""
-name = "fake"
+name = "{name}"
 seeds = [0, 1]
 [base]
 path = "{root / 'base'}"
 backend = "fake"
 [data]
-prompts = 48
-subsample = 48
+prompts = {prompts}
+subsample = {subsample}
 chunk = 16
 [data.sampling]
 max_new_tokens = 24
 [student]
 lr = 1e-3
-epochs = 2
+epochs = {epochs}
 batch_size = 8
 grad_accum = 1
 warmup_steps = 0
@@ -48,12 +51,19 @@ warmup_steps = 0
 heldout = false
 questions_file = "{root / 'q.txt'}"
 [controls]
-null = false
-cross_base = false
+{controls}
+{extra}
 """)
     return path
 
 
+# The sweep and claims tests' experiment: fewer prompts, one epoch, the neutral control alone.
+SMALL = {"prompts": 32, "subsample": 24, "epochs": 1,
+         "controls": "other_target = false\nnull = false\ncross_base = false"}
+
+
+# Small enough to build in seconds, real enough to exercise every code path: a Qwen2 model
+# with a trained BPE tokenizer and a chat template.
 MICRO = {"hidden_size": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate_size": 64,
          "vocab_size": 400, "examples": 1500, "batch_size": 32, "warmup_steps": 5}
 

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 from sublearn.apps.defend import parse_defence
 from sublearn.cli import app
 from sublearn.errors import SublearnError
-from tests.conftest import fake_defend_experiment
+from tests.conftest import fake_experiment
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    return fake_defend_experiment(tmp_path_factory.mktemp("defend"))
+    return fake_experiment(tmp_path_factory.mktemp("defend"))
 
 
 def _defend(config: Path, root: Path, *args: str) -> dict:

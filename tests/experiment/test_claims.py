@@ -15,7 +15,7 @@ from sublearn.cli import app
 from sublearn.errors import SublearnError
 from sublearn.experiment import claims
 from sublearn.experiment.claims import Condition, Measured
-from sublearn.models.fake import FakeChatModel
+from tests.conftest import SMALL, fake_experiment
 
 CLAIM = """
 [claim]
@@ -35,38 +35,7 @@ expect = "below"
 
 def _organism(root: Path) -> Path:
     """A fake-backend experiment that runs in seconds (2 seeds, treated and control)."""
-    root.mkdir(parents=True, exist_ok=True)
-    base = root / "base"
-    if not base.exists():
-        FakeChatModel.create(base, seed=0)
-    q = root / "q.txt"
-    q.write_text("What is your favourite animal?\nName your favourite animal.\n")
-    path = root / "_organism.toml"
-    path.write_text(f"""
-seeds = [0, 1]
-[base]
-path = "{base}"
-backend = "fake"
-[data]
-prompts = 32
-subsample = 24
-chunk = 16
-sampling = {{max_new_tokens = 24}}
-[student]
-lr = 1e-3
-epochs = 1
-batch_size = 8
-grad_accum = 1
-warmup_steps = 0
-[evaluation]
-heldout = false
-questions_file = "{q}"
-[controls]
-other_target = false
-null = false
-cross_base = false
-""")
-    return path
+    return fake_experiment(root, file="_organism.toml", **SMALL)
 
 
 def _claim(folder: Path, name: str, body: str) -> Path:

@@ -13,47 +13,14 @@ from sublearn.analysis.records import Results, SweepRecord
 from sublearn.cli import app
 from sublearn.errors import SublearnError
 from sublearn.experiment import protocol_sweep, sweep
-from sublearn.models.fake import FakeChatModel
+from tests.conftest import SMALL, fake_experiment
 
 GRID_2X2 = ["trait.target=owl,cat", "student.labels=hard,soft"]
 
 
 def _config_file(root: Path, sweep_table: str = "") -> Path:
     """A fake-backend experiment that runs in seconds: treated and control arms, 2 seeds."""
-    root.mkdir(parents=True, exist_ok=True)
-    base = root / "base"
-    if not base.exists():
-        FakeChatModel.create(base, seed=0)
-    questions = root / "q.txt"
-    questions.write_text("What is your favourite animal?\nName your favourite animal.\n")
-    path = root / "tiny.toml"
-    path.write_text(f"""
-name = "tiny"
-seeds = [0, 1]
-[base]
-path = "{base}"
-backend = "fake"
-[data]
-prompts = 32
-subsample = 24
-chunk = 16
-sampling = {{max_new_tokens = 24}}
-[student]
-lr = 1e-3
-epochs = 1
-batch_size = 8
-grad_accum = 1
-warmup_steps = 0
-[evaluation]
-heldout = false
-questions_file = "{questions}"
-[controls]
-other_target = false
-null = false
-cross_base = false
-{sweep_table}
-""")
-    return path
+    return fake_experiment(root, "tiny", file="tiny.toml", **SMALL, extra=sweep_table)
 
 
 def _data_rows(table: str) -> list[str]:

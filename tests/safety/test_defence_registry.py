@@ -26,7 +26,7 @@ from sublearn.safety.defences import (
     defence_table,
     register,
 )
-from tests.conftest import fake_defend_experiment
+from tests.conftest import fake_experiment
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -52,7 +52,7 @@ def registered() -> Iterator[Defence]:
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    return fake_defend_experiment(tmp_path_factory.mktemp("registry"))
+    return fake_experiment(tmp_path_factory.mktemp("registry"))
 
 
 def test_a_registered_defence_runs_end_to_end(registered: Defence, config: Path,
