@@ -223,7 +223,8 @@ def plan(claims: Sequence[ClaimSpec], store: Path, estimator: str | None = None,
     points = [Point(cfg.name, {"claim": spec.name, "condition": cond}, cfg)
               for spec in claims if not spec.claim.untestable
               for cond, cfg in spec.configs.items()]
-    return Plan(ProtocolKind(estimator, store.resolve()), "claims", "configs/claims",
+    source = str(claims[0].path.parent) if claims else "claims"
+    return Plan(ProtocolKind(estimator, store.resolve()), "claims", source,
                 {"claim": [s.name for s in claims]}, points, address)
 
 
