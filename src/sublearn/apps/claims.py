@@ -21,7 +21,7 @@ from sublearn.analysis.records import Results
 from sublearn.analysis.stats import Interval
 from sublearn.experiment import claims
 from sublearn.experiment.claims import ClaimSpec, Measured
-from sublearn.store import read_json, write_text
+from sublearn.store import write_text
 
 DEFAULT_FOLDER = Path(str(files("sublearn") / "configs" / "claims"))
 
@@ -33,9 +33,10 @@ REAL_MODEL = (
     "One condition here is 3 arms x 5 seeds = 15 students with their evaluations, so about "
     "70-95 min of one core per condition, beyond the shared teachers, samples and soft "
     "labels (about 55 min at 1,000 prompts: 3 teachers, 3 x 1,000 completions at 1.8-2.3 min "
-    "per 200), and 2.5-8 hours per claim (2 to 5 conditions). A copy of the claims folder whose `_organism.toml` sets "
-    "`base.path` and `evaluation.answer = \"stem\"` (as `configs/smollm2-135m-finetuned.toml` "
-    "does) runs every claim there: `sublearn claims --folder COPY --root runs/claims-smollm`.")
+    "per 200), and 2.5-8 hours per claim (2 to 5 conditions). A copy of the claims folder "
+    "whose `_organism.toml` sets `base.path` and `evaluation.answer = \"stem\"` (as "
+    "`configs/smollm2-135m-finetuned.toml` does) runs every claim there: "
+    "`sublearn claims --folder COPY --root runs/claims-smollm`.")
 
 
 @dataclass(frozen=True)
@@ -167,15 +168,6 @@ def document(rows: Sequence[Row], root: Path) -> str:
         "## Each claim", "", *[details(r) for r in rows]])
 
 
-def _seconds(sweep_dir: Path) -> dict[str, float]:
-    """Each point's task seconds (its students' training and evaluation, and whatever shared
-    stage a task happened to build first), from the sweep's record."""
-    path = sweep_dir / "sweep.json"
-    if not path.exists():
-        return {}
-    return {p["name"]: p["seconds"] for p in read_json(path)["points"]}
-
-
 def claims_command(names: Sequence[str], folder: Path, root: Path, out: Path | None,
                    address: str | None, workers: int | None, sequential: bool,
                    quiet: bool) -> tuple[list[Row], Path | None]:
@@ -183,7 +175,7 @@ def claims_command(names: Sequence[str], folder: Path, root: Path, out: Path | N
     specs = claims.select(folder, names)
     outcome = claims.run(specs, root, address, workers, sequential, quiet)
     results: dict[str, Results] = dict(outcome.results) if outcome else {}
-    seconds = _seconds(outcome.dir) if outcome else {}
+    seconds = outcome.point_seconds if outcome else {}
     rows = []
     for spec in specs:
         measured = [] if spec.claim.untestable else claims.measure(spec, results, seconds)

@@ -142,6 +142,7 @@ class Outcome:
     skipped: int
     seconds: float
     plot: Path | None
+    point_seconds: dict[str, float]  # point name -> its task times, summed over workers
 
 
 # --- the grid --------------------------------------------------------------------------------
@@ -404,7 +405,8 @@ def aggregate(p: Plan, root: Path, out: Path, all_tasks: list[Task], skipped: in
                            results=r.results) for r in points],
     ).write(out / "sweep.json")
     return Outcome(p, out, summary.table, {r.point.name: r.results for r in points},
-                   len(all_tasks), skipped, seconds, summary.plot)
+                   len(all_tasks), skipped, seconds, summary.plot,
+                   {r.point.name: r.seconds for r in points})
 
 
 def execute(p: Plan, root: str | Path, out: str | Path | None = None,
