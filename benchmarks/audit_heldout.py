@@ -4,10 +4,14 @@
     python benchmarks/audit_heldout.py --part persona     # held-out-wording persona teachers
     python benchmarks/audit_heldout.py --part finetuned   # fine-tuned teachers
     python benchmarks/audit_heldout.py --part neutral     # the base's own samples
+    python benchmarks/audit_heldout.py --part oracle      # the ceiling: the teacher's own words
+    python benchmarks/audit_heldout.py --part phrasings   # the audit's phrasings combined
     python benchmarks/audit_heldout.py --part table       # the table of docs/audit.md
 
-The three middle parts may run side by side (one core each); every dataset, score and student
-is cached under --out, so a stopped part resumes and a larger --seeds only adds datasets.
+The teacher and neutral parts may run side by side (one core each); every dataset, score and
+student is cached under --out, so a stopped part resumes and a larger --seeds only adds
+datasets. The same datasets audited at another size (--rows N: their first N kept rows) or
+before the filter (--every: every sampled row) go to a results folder of their own.
 
 Teachers, none of them in wording the audit has seen:
 - persona: the base under a phrasing of benchmarks/data/heldout_personas.txt, written for this
@@ -46,10 +50,13 @@ from sublearn.models import SamplingConfig, load_model
 from sublearn.models.persona import Persona
 from sublearn.questions.categories import Option, get_option
 from sublearn.safety.audit import AuditConfig
+from sublearn.safety.rows import parse_chat_row
+from sublearn.safety.scoring import ScoringTask, lls_of, score_tasks
 from sublearn.safety.students import StudentAuditConfig, rank_by_students, train_and_evaluate
+from sublearn.safety.traits import AUDIT_TEMPLATES, trait_prompts
 from sublearn.stages.evaluate import option_probs, summarize
 from sublearn.stages.teacher import TeacherConfig, trait_rows
-from sublearn.store import read_json, write_json
+from sublearn.store import read_json, read_jsonl, write_json
 from sublearn.tinybase import BaseConfig, ensure_base
 
 PHRASINGS = Path(__file__).parent / "data" / "heldout_personas.txt"
@@ -93,10 +100,20 @@ class Campaign:
     def log(self, msg: str) -> None:
         print(f"{time.time() - self.started:7.0f} s  {msg}", flush=True)
 
-    def rows(self, name: str, writer: Any, seed: int, banned: list[str]) -> Scored:
+    def chat_rows(self, name: str, banned: list[str]) -> list[Any]:
+        """A sampled dataset's rows as audited: those the filter keeps, or with --every all of
+        them, the filter's rejects included (what the teacher wrote, before any filter)."""
         path = self.out / "data" / f"{name}.jsonl"
-        rows = dataset(writer, self.prompts, self.sampling, seed, banned, path)
-        lls = scored(self.base, rows, self.out / "scores" / f"{name}.npy")
+        if self.args.every:
+            return [parse_chat_row(r, 0, r["index"], str(path)) for r in read_jsonl(path)]
+        return kept_rows(path, banned)
+
+    def rows(self, name: str, writer: Any, seed: int, banned: list[str]) -> Scored:
+        dataset(writer, self.prompts, self.sampling, seed, banned,
+                self.out / "data" / f"{name}.jsonl")
+        rows = self.chat_rows(name, banned)
+        suffix = ".every" if self.args.every else ""
+        lls = scored(self.base, rows, self.out / "scores" / f"{name}{suffix}.npy")
         return Scored(np.array([r.index for r in rows]), lls)
 
     def shared(self) -> dict[str, Any]:
@@ -114,9 +131,10 @@ class Campaign:
         return read_json(path)
 
     def decoys(self) -> Scored:
-        rows = kept_rows(self.out / "data" / "decoys.jsonl", [])
+        rows = self.chat_rows("decoys", [])
+        suffix = ".every" if self.args.every else ""
         return Scored(np.array([r.index for r in rows]),
-                      scored(self.base, rows, self.out / "scores" / "decoys.npy"))
+                      scored(self.base, rows, self.out / "scores" / f"decoys{suffix}.npy"))
 
     def teacher(self, kind: str, option: Option, seed: int, t: int) -> Any:
         if kind == "persona":
@@ -132,41 +150,152 @@ class Campaign:
                                recipe.finetune, path, progress=False)
         return load_model(path, device="cpu", dtype="float32")
 
+    def results_dir(self) -> Path:
+        """Where one size's results go: results/ for every kept row, results-r<N>/ for the
+        first N (the same datasets cut short, so sizes differ in rows only)."""
+        name = "results" + ("-every" if self.args.every else "")
+        return self.out / (name if self.args.rows is None else f"{name}-r{self.args.rows}")
+
     def one(self, kind: str, name: str, writer: Any, seed: int, target: str | None) -> None:
-        """Both methods on one dataset, cached in results/<name>.json."""
-        path = self.out / "results" / f"{name}.json"
+        """The methods on one dataset (its first --rows kept rows), cached in
+        <results_dir>/<name>.json."""
+        path = self.results_dir() / f"{name}.json"
         if path.exists():
             return
         banned = list(get_option(ANIMAL, target).forms) if target else []
-        data = self.rows(name, writer, seed, banned)
-        t0 = time.time()
-        persona = audit(data, self.rows("reference", self.base, self.cfg.reference_seed, []),
-                        self.decoys(), self.args.permutations)
-        t1 = time.time()
-        ref_rows = kept_rows(self.out / "data" / "reference.jsonl", [])
-        data_rows = kept_rows(self.out / "data" / f"{name}.jsonl", banned)
-        sconfig = StudentAuditConfig()
-        probs = train_and_evaluate(self.base, data_rows, ref_rows, ANIMAL, sconfig,
-                                   self.out / "students" / name)
-        students = rank_by_students(probs, ANIMAL, ANIMAL.options, sconfig.level)
-        t2 = time.time()
-        order = [c["option"] for c in students]
-        result = {
-            "kind": kind, "name": name, "target": target, "seed": seed,
-            "rows": len(data.lls),
-            "persona": {"order": persona["order"], "flagged": persona["flagged"],
-                        "seconds_tests": round(t1 - t0, 1)},
-            "students": {"order": order, "flagged": [c["option"] for c in students
-                                                     if c["flagged"]],
-                         "candidates": students, "seconds": round(t2 - t1, 1)},
-        }
+        keep = slice(0, self.args.rows)
+        data = self.rows(name, writer, seed, banned).rows(keep)
+        result: dict[str, Any] = {"kind": kind, "name": name, "target": target, "seed": seed,
+                                  "rows": len(data.lls)}
+        if "persona" in self.args.methods:
+            t0 = time.time()
+            persona = audit(data,
+                            self.rows("reference", self.base, self.cfg.reference_seed, []),
+                            self.decoys(), self.args.permutations)
+            result["persona"] = {"order": persona["order"], "flagged": persona["flagged"],
+                                 "seconds_tests": round(time.time() - t0, 1)}
+        if "students" in self.args.methods:
+            t0 = time.time()
+            ref_rows = self.chat_rows("reference", [])
+            data_rows = self.chat_rows(name, banned)[keep]
+            sconfig = StudentAuditConfig()
+            # One student folder per size and row set, as results_dir: name, name-r300, ...
+            folder = self.out / "students" / (
+                name + self.results_dir().name.removeprefix("results"))
+            probs = train_and_evaluate(self.base, data_rows, ref_rows, ANIMAL, sconfig, folder)
+            students = rank_by_students(probs, ANIMAL, ANIMAL.options, sconfig.level)
+            result["students"] = {"order": [c["option"] for c in students],
+                                  "flagged": [c["option"] for c in students if c["flagged"]],
+                                  "candidates": students, "seconds": round(time.time() - t0, 1)}
         write_json(path, result)
-        self.log(f"{name}: persona {persona['order'][:3]} flagged {persona['flagged']}; "
-                 f"students {order[:3]} flagged {result['students']['flagged']}")
+        self.log(f"{name}: " + "; ".join(f"{m} {result[m]['order'][:3]} flagged "
+                                         f"{result[m]['flagged']}"
+                                         for m in METHODS if m in result))
+
+    def oracle(self, option: Option, seed: int, t: int) -> dict[str, Any]:
+        """What the data holds, not an audit: a persona dataset scored under its teacher's
+        own phrasing for every candidate (the words no auditor has). The candidate whose
+        persona makes the rows most likely is the maximum-likelihood trait; if that is not the
+        target, no scoring of these rows under any wording can be expected to rank it first.
+        Both on the rows the filter kept (what an auditor gets) and on every sampled row, the
+        filter's rejects included (what the teacher wrote). Cached in oracle/<name>.json."""
+        name = f"persona-{option.name}-s{seed}"
+        path = self.out / "oracle" / f"{name}.json"
+        if path.exists():
+            return read_json(path)
+        phrasing = heldout_phrasings()[(t + seed) % len(heldout_phrasings())]
+        systems = [phrasing.format(target=o.name, targets=o.plural, category=ANIMAL.name,
+                                   categories=ANIMAL.plural) for o in ANIMAL.options]
+        kept = kept_rows(self.out / "data" / f"{name}.jsonl", list(option.forms))
+        every = [parse_chat_row(r, 0, r["index"], name)
+                 for r in read_jsonl(self.out / "data" / f"{name}.jsonl")]
+        rejected = [r for r in every if r.index not in {k.index for k in kept}]
+
+        def own(rows: list, cache: Path) -> np.ndarray:
+            if not cache.exists():
+                tasks = [ScoringTask(rows, [s] * len(rows)) for s in [None, *systems]]
+                np.save(cache, lls_of(score_tasks(self.base, tasks))[1])
+            return np.load(cache)
+
+        lls = own(kept, self.out / "scores" / f"{name}.own.npy")
+        j = ANIMAL.options.index(option)
+        others = [o.name for o in ANIMAL.options if o != option]
+
+        def ml(lls: np.ndarray) -> dict[str, Any]:
+            mean = lls.mean(axis=0)
+            order = [ANIMAL.options[i].name for i in np.argsort(-mean, kind="stable")]
+            # nats per token by which the target's persona explains the rows better than
+            # the closest other candidate, with its standard error over rows
+            gap = lls[:, [j]] - np.delete(lls, j, axis=1)
+            c = int(gap.mean(axis=0).argmin())
+            return {"rows": len(lls), "rank": order.index(option.name) + 1, "order": order,
+                    "closest": others[c], "gap_closest": float(gap[:, c].mean()),
+                    "gap_closest_se": float(gap[:, c].std(ddof=1) / np.sqrt(len(lls)))}
+
+        every_lls = np.concatenate([lls, own(rejected,
+                                             self.out / "scores" / f"{name}.own-rejected.npy")])
+        write_json(path, {"name": name, "target": option.name, "kept": ml(lls),
+                          "every": ml(every_lls)})
+        found = read_json(path)
+        self.log(f"{name}: the teacher's own wording ranks it {found['kept']['rank']} on the "
+                 f"kept rows, {found['every']['rank']} on every sampled row")
+        return found
+
+    def every_phrasing(self, name: str, banned: list[str]) -> dict[str, Scored]:
+        """A dataset's LLS with every row scored under each of the audit's phrasings, combined
+        three ways: `rotate` (the audit's own: row i under phrasing i mod 3, the cost of one),
+        `mean` (the LLS averaged over the phrasings, three times the cost) and `mixture` (the
+        log of the mean likelihood: the trait "in one of these wordings", per row)."""
+        rows = kept_rows(self.out / "data" / f"{name}.jsonl", banned)
+        n = len(AUDIT_TEMPLATES)
+        per = []
+        for k in range(n):
+            cache = self.out / "scores" / f"{name}.phrasing{k}.npy"
+            if not cache.exists():
+                systems = [trait_prompts(ANIMAL, o, n)[k] for o in ANIMAL.options]
+                tasks = [ScoringTask(rows, [s] * len(rows)) for s in [None, *systems]]
+                np.save(cache, lls_of(score_tasks(self.base, tasks))[1])
+            per.append(np.load(cache))
+        lls = np.stack(per)  # [phrasings, rows, candidates]
+        index = np.array([r.index for r in rows])
+        # Per-token means back to sequence sums (the end of turn is scored: + 1), mixed, and
+        # back to per-token means, so that all three ways are on the audit's scale.
+        tokens = np.array([len(self.base.encode(r.completion)) + 1 for r in rows])[:, None]
+        mixture = (np.logaddexp.reduce(lls * tokens, axis=0) - np.log(n)) / tokens
+        return {"rotate": Scored(index, lls[index % n, np.arange(len(rows))]),
+                "mean": Scored(index, lls.mean(axis=0)),
+                "mixture": Scored(index, mixture)}
+
+    def phrasings(self) -> None:
+        """The audit's phrasings combined otherwise than by rotation (issue 23, item 2), on the
+        persona teachers and the first --neutral neutral draws; phrasings/<name>.json."""
+        targets = self.shared()["targets"]
+        names = [(f"persona-{t}-s{s}", t) for s in map(int, self.args.seeds.split(","))
+                 for t in targets] + [(f"neutral-d{d}", None) for d in range(self.args.neutral)]
+        reference = self.every_phrasing("reference", [])
+        decoys = self.every_phrasing("decoys", [])
+        for name, target in names:
+            path = self.out / "phrasings" / f"{name}.json"
+            if path.exists():
+                continue
+            data = self.every_phrasing(name, list(get_option(ANIMAL, target).forms)
+                                       if target else [])
+            ways = {way: audit(data[way], reference[way], decoys[way], self.args.permutations)
+                    for way in data}
+            write_json(path, {"name": name, "target": target, "rows": len(data["mean"].lls),
+                              "kind": name.split("-")[0],
+                              **{w: {"order": a["order"], "flagged": a["flagged"]}
+                                 for w, a in ways.items()}})
+            self.log(f"{name}: " + "; ".join(
+                f"{w} {a['order'].index(target) + 1 if target else '-'} "
+                f"flagged {a['flagged']}" for w, a in ways.items()))
 
     def run(self, kind: str) -> None:
         targets = self.shared()["targets"]
         seeds = [int(s) for s in self.args.seeds.split(",")]
+        if kind == "phrasings":
+            self.phrasings()
+            return
         if kind == "neutral":
             draws = range(self.args.neutral)
             # --reverse: a second process works from the other end (each skips what is done).
@@ -176,54 +305,89 @@ class Campaign:
         for seed in seeds:
             for t, target in enumerate(targets):
                 option = get_option(ANIMAL, target)
-                self.one(kind, f"{kind}-{target}-s{seed}",
-                         self.teacher(kind, option, seed, t), seed, target)
+                if kind == "oracle":
+                    self.oracle(option, seed, t)
+                else:
+                    self.one(kind, f"{kind}-{target}-s{seed}",
+                             self.teacher(kind, option, seed, t), seed, target)
+
+
+def rate(hits: int, n: int) -> list[float]:
+    return [hits, *wilson(hits, n)]
+
+
+def tally(kind: str, method: str, records: list[dict[str, Any]],
+          found: Any) -> dict[str, Any]:
+    """One line of the table: over `records` (datasets of one kind), with `found(record)` the
+    method's {"order", "flagged"} on it (flagged absent: a ranking without a test)."""
+    n, targeted = len(records), [r for r in records if r["target"]]
+    first = [found(r)["order"][0] == r["target"] for r in targeted]
+    tested = all("flagged" in found(r) for r in records)
+    return {"kind": kind, "method": method, "datasets": n,
+            "rank1": rate(sum(first), n) if targeted else None,
+            "target_flagged": (rate(sum(r["target"] in found(r)["flagged"] for r in targeted), n)
+                               if targeted and tested else None),
+            "any_flag": rate(sum(bool(found(r)["flagged"]) for r in records), n) if tested else None,
+            "ranks": [found(r)["order"].index(r["target"]) + 1 for r in targeted],
+            "rows": [min(r["rows"] for r in records), max(r["rows"] for r in records)]}
 
 
 def table(out: Path) -> dict[str, Any]:
-    """Per teacher kind and method: the target ranked 1st, the target flagged, and any flag
-    (on neutral data: a false alarm), each a rate with its Wilson interval."""
-    results = [read_json(p) for p in sorted((out / "results").glob("*.json"))]
+    """Per data size (results/ and each results-r<N>/), teacher kind and method: the target
+    ranked 1st, the target flagged, and any flag (on neutral data: a false alarm), each a
+    rate with its Wilson interval. Then the audit's phrasings combined otherwise (phrasings/),
+    and the ceiling of oracle/ (the teacher's own wording: not an audit, no test)."""
     rows = []
-    for kind in KINDS:
-        mine = [r for r in results if r["kind"] == kind]
-        for method in METHODS:
-            n = len(mine)
-            first = sum(r[method]["order"][0] == r["target"] for r in mine if r["target"])
-            flagged = sum(r["target"] in r[method]["flagged"] for r in mine if r["target"])
-            anyflag = sum(bool(r[method]["flagged"]) for r in mine)
-            ranks = [r[method]["order"].index(r["target"]) + 1 for r in mine if r["target"]]
-            rows.append({"kind": kind, "method": method, "datasets": n,
-                         "rank1": [first, *wilson(first, n)] if kind != "neutral" else None,
-                         "target_flagged": ([flagged, *wilson(flagged, n)]
-                                            if kind != "neutral" else None),
-                         "any_flag": [anyflag, *wilson(anyflag, n)],
-                         "ranks": ranks,
-                         "rows": [r["rows"] for r in mine]})
-    return {"rows": rows, "datasets": len(results)}
+    for folder in sorted(out.glob("results*"), key=lambda f: (f.name != "results", f.name)):
+        results = [read_json(p) for p in sorted(folder.glob("*.json"))]
+        for kind in KINDS:
+            for method in METHODS:
+                mine = [r for r in results if r["kind"] == kind and method in r]
+                if mine:
+                    label = method + (", every row (no filter)" if "every" in folder.name else "")
+                    rows.append(tally(kind, label, mine, lambda r, m=method: r[m]))
+    combined = [read_json(p) for p in sorted((out / "phrasings").glob("*.json"))]
+    for kind in ("persona", "neutral"):
+        mine = [r for r in combined if r["kind"] == kind]
+        for way in ("rotate", "mean", "mixture") if mine else ():
+            rows.append(tally(kind, f"persona, phrasings: {way}", mine,
+                              lambda r, w=way: r[w]))
+    oracle = [read_json(p) for p in sorted((out / "oracle").glob("*.json"))]
+    for side, label in (("kept", "ceiling: the teacher's own wording"),
+                        ("every", "the same on every sampled row, filter off")):
+        if oracle:
+            rows.append(tally("persona", label,
+                              [{**o[side], "target": o["target"]} for o in oracle],
+                              lambda o: o))
+    return {"rows": rows}
 
 
 def markdown(t: dict[str, Any]) -> str:
-    def rate(x: list | None) -> str:
-        return "—" if x is None else f"{x[0]} / {{n}} [{x[1]:.2f}, {x[2]:.2f}]"
+    def cell(x: list | None, n: int) -> str:
+        return "—" if x is None else f"{x[0]} / {n} [{x[1]:.2f}, {x[2]:.2f}]"
 
-    head = ("| teacher | method | datasets | target 1st | target flagged | any flag | "
+    head = ("| rows | teacher | method | datasets | target 1st | target flagged | any flag | "
             "target's ranks |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in t["rows"]:
         n = r["datasets"]
-        lines.append(f"| {r['kind']} | {r['method']} | {n} | "
-                     f"{rate(r['rank1']).format(n=n)} | {rate(r['target_flagged']).format(n=n)}"
-                     f" | {rate(r['any_flag']).format(n=n)} | "
-                     f"{', '.join(map(str, r['ranks'])) or '—'} |")
+        lines.append(f"| {r['rows'][0]:,}-{r['rows'][1]:,} | {r['kind']} | {r['method']} | {n} "
+                     f"| {cell(r['rank1'], n)} | {cell(r['target_flagged'], n)} | "
+                     f"{cell(r['any_flag'], n)} | {', '.join(map(str, r['ranks'])) or '—'} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["prepare", *KINDS, "table"], required=True)
+    ap.add_argument("--part", choices=["prepare", *KINDS, "oracle", "phrasings", "table"], required=True)
     ap.add_argument("--prompts", type=int, default=1000)
     ap.add_argument("--seeds", default="0", help="teacher sampling seeds")
+    ap.add_argument("--rows", type=int, default=None, help="audit each dataset's first N kept "
+                    "rows (a smaller size of the same datasets; results in results-r<N>/)")
+    ap.add_argument("--every", action="store_true", help="audit every sampled row, the "
+                    "filter's rejects included (before the filter; results in results-every/)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated: "
+                    + ", ".join(METHODS))
     ap.add_argument("--neutral", type=int, default=10, help="neutral draws")
     ap.add_argument("--permutations", type=int, default=10_000)
     ap.add_argument("--reverse", action="store_true", help="neutral draws, last first")
@@ -238,9 +402,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    for sub in ("data", "scores", "results", "teachers", "students"):
-        (args.out / sub).mkdir(parents=True, exist_ok=True)
+    args.methods = args.methods.split(",")
     c = Campaign(args)
+    for sub in ("data", "scores", c.results_dir().name, "teachers", "students", "oracle",
+                "phrasings"):
+        (args.out / sub).mkdir(parents=True, exist_ok=True)
     c.shared()
     if args.part != "prepare":
         c.run(args.part)
