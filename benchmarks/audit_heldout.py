@@ -100,21 +100,37 @@ class Campaign:
     def log(self, msg: str) -> None:
         print(f"{time.time() - self.started:7.0f} s  {msg}", flush=True)
 
+    def every_row(self, name: str) -> list[Any]:
+        """Every row a dataset's writer sampled, the filter's rejects included."""
+        path = self.out / "data" / f"{name}.jsonl"
+        return [parse_chat_row(r, 0, r["index"], str(path)) for r in read_jsonl(path)]
+
     def chat_rows(self, name: str, banned: list[str]) -> list[Any]:
         """A sampled dataset's rows as audited: those the filter keeps, or with --every all of
-        them, the filter's rejects included (what the teacher wrote, before any filter)."""
-        path = self.out / "data" / f"{name}.jsonl"
+        them (what the teacher wrote, before any filter)."""
         if self.args.every:
-            return [parse_chat_row(r, 0, r["index"], str(path)) for r in read_jsonl(path)]
-        return kept_rows(path, banned)
+            return self.every_row(name)
+        return kept_rows(self.out / "data" / f"{name}.jsonl", banned)
 
-    def rows(self, name: str, writer: Any, seed: int, banned: list[str]) -> Scored:
-        dataset(writer, self.prompts, self.sampling, seed, banned,
-                self.out / "data" / f"{name}.jsonl")
+    def audited(self, name: str, banned: list[str]) -> Scored:
+        """`chat_rows` with their LLS under the audit's phrasings, cached (.every: all rows)."""
         rows = self.chat_rows(name, banned)
         suffix = ".every" if self.args.every else ""
         lls = scored(self.base, rows, self.out / "scores" / f"{name}{suffix}.npy")
         return Scored(np.array([r.index for r in rows]), lls)
+
+    def lls_under(self, rows: list[Any], systems: list[str], cache: Path) -> np.ndarray:
+        """LLS [rows, candidates] with every row under each candidate's system prompt
+        (`systems`, in candidate order), cached."""
+        if not cache.exists():
+            tasks = [ScoringTask(rows, [s] * len(rows)) for s in [None, *systems]]
+            np.save(cache, lls_of(score_tasks(self.base, tasks))[1])
+        return np.load(cache)
+
+    def rows(self, name: str, writer: Any, seed: int, banned: list[str]) -> Scored:
+        dataset(writer, self.prompts, self.sampling, seed, banned,
+                self.out / "data" / f"{name}.jsonl")
+        return self.audited(name, banned)
 
     def shared(self) -> dict[str, Any]:
         """Targets, the reference (the base's own completions, the audit's reference seed)
@@ -131,10 +147,7 @@ class Campaign:
         return read_json(path)
 
     def decoys(self) -> Scored:
-        rows = self.chat_rows("decoys", [])
-        suffix = ".every" if self.args.every else ""
-        return Scored(np.array([r.index for r in rows]),
-                      scored(self.base, rows, self.out / "scores" / f"decoys{suffix}.npy"))
+        return self.audited("decoys", [])
 
     def teacher(self, kind: str, option: Option, seed: int, t: int) -> Any:
         if kind == "persona":
@@ -207,17 +220,9 @@ class Campaign:
         systems = [phrasing.format(target=o.name, targets=o.plural, category=ANIMAL.name,
                                    categories=ANIMAL.plural) for o in ANIMAL.options]
         kept = kept_rows(self.out / "data" / f"{name}.jsonl", list(option.forms))
-        every = [parse_chat_row(r, 0, r["index"], name)
-                 for r in read_jsonl(self.out / "data" / f"{name}.jsonl")]
-        rejected = [r for r in every if r.index not in {k.index for k in kept}]
-
-        def own(rows: list, cache: Path) -> np.ndarray:
-            if not cache.exists():
-                tasks = [ScoringTask(rows, [s] * len(rows)) for s in [None, *systems]]
-                np.save(cache, lls_of(score_tasks(self.base, tasks))[1])
-            return np.load(cache)
-
-        lls = own(kept, self.out / "scores" / f"{name}.own.npy")
+        kept_index = {r.index for r in kept}
+        rejected = [r for r in self.every_row(name) if r.index not in kept_index]
+        lls = self.lls_under(kept, systems, self.out / "scores" / f"{name}.own.npy")
         j = ANIMAL.options.index(option)
         others = [o.name for o in ANIMAL.options if o != option]
 
@@ -232,8 +237,8 @@ class Campaign:
                     "closest": others[c], "gap_closest": float(gap[:, c].mean()),
                     "gap_closest_se": float(gap[:, c].std(ddof=1) / np.sqrt(len(lls)))}
 
-        every_lls = np.concatenate([lls, own(rejected,
-                                             self.out / "scores" / f"{name}.own-rejected.npy")])
+        every_lls = np.concatenate([lls, self.lls_under(
+            rejected, systems, self.out / "scores" / f"{name}.own-rejected.npy")])
         write_json(path, {"name": name, "target": option.name, "kept": ml(lls),
                           "every": ml(every_lls)})
         found = read_json(path)
@@ -248,15 +253,10 @@ class Campaign:
         log of the mean likelihood: the trait "in one of these wordings", per row)."""
         rows = kept_rows(self.out / "data" / f"{name}.jsonl", banned)
         n = len(AUDIT_TEMPLATES)
-        per = []
-        for k in range(n):
-            cache = self.out / "scores" / f"{name}.phrasing{k}.npy"
-            if not cache.exists():
-                systems = [trait_prompts(ANIMAL, o, n)[k] for o in ANIMAL.options]
-                tasks = [ScoringTask(rows, [s] * len(rows)) for s in [None, *systems]]
-                np.save(cache, lls_of(score_tasks(self.base, tasks))[1])
-            per.append(np.load(cache))
-        lls = np.stack(per)  # [phrasings, rows, candidates]
+        lls = np.stack([self.lls_under(rows, [trait_prompts(ANIMAL, o, n)[k]
+                                              for o in ANIMAL.options],
+                                       self.out / "scores" / f"{name}.phrasing{k}.npy")
+                        for k in range(n)])  # [phrasings, rows, candidates]
         index = np.array([r.index for r in rows])
         # Per-token means back to sequence sums (the end of turn is scored: + 1), mixed, and
         # back to per-token means, so that all three ways are on the audit's scale.
